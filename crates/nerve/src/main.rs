@@ -1,0 +1,3 @@
+//! nerve
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,471 @@
+//! Configuration pieces shared by both programs: the `etcd:` block, durations, and loading a
+//! YAML (or JSON) file so that every error names the file and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::key;
+
+/// A problem with a configuration file: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{message}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the offending key, e.g. `services[0].port`; empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+/// A problem found by semantic validation, before the file name is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub key: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks the meaning of a parsed configuration (ranges, combinations) after serde has
+/// checked its shape.
+pub trait Validate {
+    fn validate(&self) -> Result<(), FieldError>;
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates configuration text; `path` only names it in errors.
+pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let whole_file = |message: String| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        message,
+    };
+    if text.trim().is_empty() {
+        return Err(whole_file("the file is empty".into()));
+    }
+    let value: T = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
+        .map_err(|e| yaml_error(path, e))?;
+    value.validate().map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: e.key,
+        message: e.message,
+    })?;
+    Ok(value)
+}
+
+/// serde_path_to_error knows the full key, even for errors raised inside a field's own
+/// deserializer (a bad duration); serde_norway adds the line and column to the message.
+fn yaml_error(path: &Path, e: serde_path_to_error::Error<serde_norway::Error>) -> ConfigError {
+    // A syntax error inside a mapping leaves a `?` for the key it did not reach.
+    let key = e.path().to_string().trim_end_matches(".?").to_owned();
+    let inner = e.into_inner().to_string();
+    // serde_norway prefixes nested messages with its own (shorter) path; drop it.
+    let message = match inner.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_owned(),
+        _ => inner,
+    };
+    ConfigError {
+        file: path.to_owned(),
+        key: if key == "." || key == "?" {
+            String::new()
+        } else {
+            key
+        },
+        message,
+    }
+}
+
+/// A duration written as a string with a unit: `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub const fn from_millis(ms: u64) -> Self {
+        ConfigDuration(Duration::from_millis(ms))
+    }
+    pub const fn from_secs(s: u64) -> Self {
+        ConfigDuration(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ConfigDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid duration {s:?}: write a number and a unit (ms, s, m or h), e.g. \"500ms\" or \"2s\""
+            )
+        };
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let unit_secs = match unit.trim() {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let secs = number * unit_secs;
+        if !secs.is_finite() || secs > 1e9 {
+            return Err(bad());
+        }
+        Ok(ConfigDuration(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// TLS towards etcd. `ca` alone verifies the server; `cert` + `key` add a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify in the server certificate, when it differs from the endpoint's host.
+    pub domain: Option<String>,
+}
+
+/// The `etcd:` block of both configuration files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Members to talk to, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long to wait for a TCP (and TLS) connection to a member.
+    #[serde(default = "default_dial_timeout")]
+    pub dial_timeout: ConfigDuration,
+    /// Deadline of each unary request (get, put, grant...), so a stalled member cannot hang us.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: ConfigDuration,
+    /// HTTP/2 ping interval; a member that does not answer within `keepalive_timeout` is
+    /// considered dead, which is what ends a silently hung watch.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: ConfigDuration,
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: ConfigDuration,
+}
+
+fn default_prefix() -> String {
+    key::DEFAULT_PREFIX.to_owned()
+}
+fn default_dial_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(2)
+}
+fn default_request_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+fn default_keepalive_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+fn default_keepalive_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(3)
+}
+
+impl EtcdConfig {
+    /// A configuration with every default, for the given endpoints.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            prefix: default_prefix(),
+            username: None,
+            password: None,
+            tls: None,
+            dial_timeout: default_dial_timeout(),
+            request_timeout: default_request_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+        }
+    }
+
+    /// Validates the block; keys in errors start with `etcd.`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.endpoints.is_empty() {
+            return Err(FieldError::new(
+                "etcd.endpoints",
+                "at least one endpoint is required, e.g. [\"http://127.0.0.1:2379\"]",
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or(e);
+            let valid = match rest.rsplit_once(':') {
+                Some((host, port)) => {
+                    !host.is_empty()
+                        && !host.contains('/')
+                        && port.parse::<u16>().map(|p| p > 0).unwrap_or(false)
+                }
+                None => false,
+            };
+            if !valid {
+                return Err(FieldError::new(
+                    format!("etcd.endpoints[{i}]"),
+                    format!("{e:?} is not an endpoint like \"http://127.0.0.1:2379\""),
+                ));
+            }
+            if e.starts_with("https://") && self.tls.is_none() {
+                return Err(FieldError::new(
+                    format!("etcd.endpoints[{i}]"),
+                    format!("{e:?} uses https but there is no etcd.tls block"),
+                ));
+            }
+        }
+        key::validate_prefix(&self.prefix).map_err(|m| FieldError::new("etcd.prefix", m))?;
+        match (&self.username, &self.password) {
+            (Some(_), None) => {
+                return Err(FieldError::new(
+                    "etcd.password",
+                    "etcd.username is set, so etcd.password is required",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "etcd.username",
+                    "etcd.password is set, so etcd.username is required",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(FieldError::new(
+                    "etcd.tls",
+                    "cert and key go together: set both or neither",
+                ));
+            }
+            for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        return Err(FieldError::new(
+                            format!("etcd.tls.{name}"),
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, d) in [
+            ("dial_timeout", self.dial_timeout),
+            ("request_timeout", self.request_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if d.get() < Duration::from_millis(10) {
+                return Err(FieldError::new(
+                    format!("etcd.{name}"),
+                    format!("{d} is too short: use at least 10ms"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        etcd: EtcdConfig,
+        #[serde(default)]
+        interval: Option<ConfigDuration>,
+        #[serde(default)]
+        items: Vec<Item>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        #[allow(dead_code)]
+        port: u16,
+    }
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), FieldError> {
+            self.etcd.validate()
+        }
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match parse::<Sample>(Path::new("/etc/x.yaml"), text) {
+            Ok(s) => panic!("{text:?} was accepted: {s:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let ms = |s: &str| s.parse::<ConfigDuration>().map(|d| d.get().as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("2s"), Ok(2000));
+        assert_eq!(ms("1.5s"), Ok(1500));
+        assert_eq!(ms("1m"), Ok(60_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        for bad in ["", "5", "s", "5 parsecs", "-1s", "1e400s", "ms5"] {
+            assert!(bad.parse::<ConfigDuration>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(ConfigDuration::from_millis(1500).to_string(), "1500ms");
+        assert_eq!(ConfigDuration::from_secs(2).to_string(), "2s");
+    }
+
+    #[test]
+    fn defaults_fill_the_etcd_block() {
+        let s: Sample = parse(
+            Path::new("x"),
+            "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}",
+        )
+        .unwrap();
+        assert_eq!(
+            s.etcd,
+            EtcdConfig::new(vec!["http://127.0.0.1:2379".into()])
+        );
+        assert_eq!(s.etcd.prefix, "/smartstack/services");
+    }
+
+    #[test]
+    fn json_files_load_too() {
+        let s: Sample = parse(
+            Path::new("x.json"),
+            r#"{"etcd": {"endpoints": ["127.0.0.1:2379"], "prefix": "/p"}, "interval": "2s"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.etcd.prefix, "/p");
+        assert_eq!(s.interval, Some(ConfigDuration::from_secs(2)));
+    }
+
+    #[test]
+    fn every_error_names_the_file_and_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "", "empty"),
+            ("etcd: {endpoints: []}", "etcd.endpoints", "at least one"),
+            (
+                "etcd: {endpoints: [\"nonsense\"]}",
+                "etcd.endpoints[0]",
+                "not an endpoint",
+            ),
+            (
+                "etcd: {endpoints: [\"http://h:0\"]}",
+                "etcd.endpoints[0]",
+                "not an endpoint",
+            ),
+            (
+                "etcd: {endpoints: [\"https://h:1\"]}",
+                "etcd.endpoints[0]",
+                "no etcd.tls",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], prefix: \"x\"}",
+                "etcd.prefix",
+                "start with",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], username: u}",
+                "etcd.password",
+                "required",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], tls: {cert: /c}}",
+                "etcd.tls",
+                "together",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], tls: {ca: /nonexistent/ca.pem}}",
+                "etcd.tls.ca",
+                "not a readable file",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], dial_timeout: 1ms}",
+                "etcd.dial_timeout",
+                "too short",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], dial_timeout: fast}",
+                "etcd.dial_timeout",
+                "invalid duration",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], colour: red}",
+                "etcd.colour",
+                "unknown field `colour`",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"]}\nitems: [{port: 99999}]",
+                "items[0].port",
+                "invalid value",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"]}\nitems: [{}]",
+                "items[0]",
+                "missing field `port`",
+            ),
+            ("items: []", "", "missing field `etcd`"),
+            ("etcd: [", "etcd", "sequence"),
+            ("etcd: {endpoints: [\"h:1\"]", "etcd", "line 2 column 1"),
+        ];
+        for (text, key, message) in cases {
+            let e = err(text);
+            assert_eq!(&e.key, key, "{text:?}: {e}");
+            assert!(e.message.contains(message), "{text:?}: {e}");
+            assert!(e.to_string().starts_with("/etc/x.yaml: "), "{e}");
+        }
+    }
+}

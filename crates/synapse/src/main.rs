@@ -1,0 +1,3 @@
+//! synapse
+#![forbid(unsafe_code)]
+fn main() {}
