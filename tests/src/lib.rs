@@ -1,1 +1,58 @@
-//! testkit
+//! Test support shared by every crate's tests, and home of the end-to-end tests (`e2e/`).
+//!
+//! - [`etcd`]: real etcd servers (single member or cluster) on free loopback ports with temp
+//!   data dirs, stopped, paused, restarted or wiped on demand, killed by PID on drop.
+//! - [`backend`]: TCP backends that greet each connection with their name, then echo.
+//! - [`process`]: the real `nerve`/`synapse` binaries as child processes, killed on drop.
+//! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
+//!
+//! Everything binds 127.0.0.1 only.
+
+pub mod backend;
+pub mod etcd;
+pub mod process;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+pub use backend::Backend;
+pub use etcd::{EtcdCluster, EtcdServer};
+pub use process::ChildProcess;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// Polls `condition` every 20 ms until it returns true; panics with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_until`] but returns how long it took, for asserting upper bounds on latency.
+pub async fn time_until<F, Fut>(what: &str, deadline: Duration, condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    wait_until(what, deadline, condition).await;
+    start.elapsed()
+}

@@ -331,12 +331,13 @@ mod tests {
         #[serde(default)]
         interval: Option<ConfigDuration>,
         #[serde(default)]
+        #[allow(dead_code)] // only its parse errors matter
         items: Vec<Item>,
     }
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
     struct Item {
-        #[allow(dead_code)]
         port: u16,
     }
     impl Validate for Sample {

@@ -1,1 +1,1 @@
-
+//! Discovery of one service's instances (being written).
