@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod etcd;
+pub mod link;
 pub mod process;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::Backend;
 pub use etcd::{EtcdCluster, EtcdServer};
+pub use link::Link;
 pub use process::ChildProcess;
 
 /// A port that was free a moment ago on 127.0.0.1.

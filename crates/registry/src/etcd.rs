@@ -41,7 +41,14 @@ struct Current {
 /// A client plus the generation it belongs to, for [`Etcd::failed`].
 pub struct Session {
     pub client: Client,
-    generation: u64,
+    pub generation: u64,
+}
+
+impl Session {
+    /// The value to hand to [`Etcd::failed`] when this session's stream breaks.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 /// Whether another attempt (on the same or another member) may succeed where this one
@@ -97,8 +104,9 @@ impl Etcd {
         self.inner.reachable.load(Ordering::Relaxed)
     }
 
-    /// A client for the current member, connecting first if needed. With TLS the files are
-    /// read again on every connect, so renewed certificates are picked up.
+    /// A client for the current member, connecting first if needed; a failed connect moves
+    /// on to the next member. With TLS the files are read again on every connect, so renewed
+    /// certificates are picked up.
     pub async fn session(&self) -> Result<Session, etcd_client::Error> {
         let mut current = self.inner.current.lock().await;
         if let Some(client) = &current.client {
@@ -112,16 +120,24 @@ impl Etcd {
             .get(current.endpoint % endpoints.len().max(1))
             .ok_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoints".into()))?;
         let options = connect_options(&self.inner.config)?;
-        let client = tokio::time::timeout(
+        let connected = tokio::time::timeout(
             self.inner.config.dial_timeout.get() + self.inner.config.request_timeout.get(),
             Client::connect([endpoint.as_str()], Some(options)),
         )
         .await
-        .map_err(|_| {
-            etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
-                "connecting to {endpoint} timed out"
-            )))
-        })??;
+        .unwrap_or_else(|_| {
+            Err(etcd_client::Error::GRpcStatus(
+                tonic::Status::deadline_exceeded(format!("connecting to {endpoint} timed out")),
+            ))
+        });
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                current.generation += 1;
+                current.endpoint = (current.endpoint + 1) % endpoints.len().max(1);
+                return Err(e);
+            }
+        };
         current.client = Some(client.clone());
         Ok(Session {
             client,
@@ -186,9 +202,6 @@ impl Etcd {
                 (Err(e), generation) if is_transient(&e) => {
                     self.mark_unreachable(what, &e);
                     if let Some(g) = generation {
-                        self.failed(g).await;
-                    } else {
-                        let g = self.inner.current.lock().await.generation;
                         self.failed(g).await;
                     }
                     backoff.wait().await;

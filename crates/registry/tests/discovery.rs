@@ -1,0 +1,212 @@
+//! Discovery against a real etcd: initial get, live events, skipped malformed records,
+//! static stability while etcd is away, and resync after partitions, restarts with empty
+//! data, compaction and a hung member.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use registry::discovery::{self, Discovery, DiscoveryOptions, ServiceView};
+use registry::{ConfigDuration, Etcd, EtcdConfig};
+use testkit::{wait_until, EtcdServer, Link};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn etcd_handle(endpoint: String) -> Etcd {
+    let mut c = EtcdConfig::new(vec![endpoint]);
+    c.dial_timeout = ConfigDuration::from_millis(300);
+    c.request_timeout = ConfigDuration::from_secs(1);
+    c.keepalive_interval = ConfigDuration::from_millis(500);
+    c.keepalive_timeout = ConfigDuration::from_millis(500);
+    Etcd::new(c)
+}
+
+fn start(etcd: Etcd, service: &str) -> Discovery {
+    discovery::spawn(
+        etcd,
+        service,
+        DiscoveryOptions {
+            progress_interval: Duration::from_millis(300),
+            ..DiscoveryOptions::default()
+        },
+    )
+}
+
+fn put(etcd: &EtcdServer, service: &str, id: &str, port: u16) {
+    etcd.etcdctl(&[
+        "put",
+        &format!("/smartstack/services/{service}/{id}"),
+        &format!(r#"{{"host":"127.0.0.1","port":{port}}}"#),
+    ]);
+}
+
+fn view(d: &Discovery) -> Option<ServiceView> {
+    d.subscribe().borrow().clone()
+}
+
+fn ids(d: &Discovery) -> BTreeSet<String> {
+    view(d)
+        .map(|v| v.instances.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+async fn wait_ids(d: &Discovery, expected: &[&str]) {
+    let expected = set(expected);
+    wait_until(&format!("instances are {expected:?}"), DEADLINE, || async {
+        ids(d) == expected
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_view_follows_gets_and_events_and_skips_malformed_records() {
+    let etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    put(&etcd, "other", "x", 2000);
+    etcd.etcdctl(&["put", "/smartstack/services/web/broken", "{not json"]);
+    let d = start(etcd_handle(etcd.endpoint()), "web");
+    wait_ids(&d, &["a"]).await;
+    let first = view(&d).unwrap();
+    assert!(first.connected);
+    assert_eq!(first.instances["a"].port, 1001);
+    assert_eq!(
+        first.instances["a"].name, "a",
+        "name defaults to the instance id"
+    );
+
+    put(&etcd, "web", "b", 1002);
+    wait_ids(&d, &["a", "b"]).await;
+    etcd.etcdctl(&["del", "/smartstack/services/web/a"]);
+    wait_ids(&d, &["b"]).await;
+    // A valid record turned invalid stops being routable; the others stay.
+    etcd.etcdctl(&[
+        "put",
+        "/smartstack/services/web/b",
+        r#"{"host":"h","port":0}"#,
+    ]);
+    put(&etcd, "web", "c", 1003);
+    wait_ids(&d, &["c"]).await;
+    // A later valid write makes it routable again.
+    put(&etcd, "web", "b", 1004);
+    wait_ids(&d, &["b", "c"]).await;
+    assert_eq!(view(&d).unwrap().instances["b"].port, 1004);
+}
+
+#[tokio::test]
+async fn the_last_view_is_kept_while_etcd_is_down_and_converges_after() {
+    let mut etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    put(&etcd, "web", "b", 1002);
+    let d = start(etcd_handle(etcd.endpoint()), "web");
+    wait_ids(&d, &["a", "b"]).await;
+
+    etcd.kill();
+    wait_until("the view is marked disconnected", DEADLINE, || async {
+        view(&d).is_some_and(|v| !v.connected)
+    })
+    .await;
+    assert_eq!(ids(&d), set(&["a", "b"]), "instances survive the outage");
+
+    etcd.restart().await;
+    put(&etcd, "web", "c", 1003);
+    etcd.etcdctl(&["del", "/smartstack/services/web/a"]);
+    wait_ids(&d, &["b", "c"]).await;
+    assert!(view(&d).unwrap().connected);
+}
+
+#[tokio::test]
+async fn a_partition_with_changes_and_compaction_resyncs_when_healed() {
+    let etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    put(&etcd, "web", "b", 1002);
+    let etcd_addr: SocketAddr = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let link = Link::start(etcd_addr).await;
+    let d = start(etcd_handle(link.http_endpoint()), "web");
+    wait_ids(&d, &["a", "b"]).await;
+
+    link.cut();
+    wait_until("the view is marked disconnected", DEADLINE, || async {
+        view(&d).is_some_and(|v| !v.connected)
+    })
+    .await;
+    etcd.etcdctl(&["del", "/smartstack/services/web/a"]);
+    put(&etcd, "web", "c", 1003);
+    for i in 0..20 {
+        put(&etcd, "churn", &i.to_string(), 3000);
+    }
+    let status = etcd.etcdctl(&["endpoint", "status", "--write-out", "json"]);
+    let revision = status
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no revision in {status}"))
+        .to_owned();
+    etcd.etcdctl(&["compaction", &revision]);
+    assert_eq!(
+        ids(&d),
+        set(&["a", "b"]),
+        "the last view is served during the cut"
+    );
+
+    link.heal();
+    wait_ids(&d, &["b", "c"]).await;
+}
+
+#[tokio::test]
+async fn an_etcd_rebuilt_with_empty_data_is_resynced() {
+    let mut etcd = EtcdServer::start().await;
+    for i in 0..30 {
+        put(&etcd, "web", "a", 1000 + i);
+    }
+    let d = start(etcd_handle(etcd.endpoint()), "web");
+    wait_ids(&d, &["a"]).await;
+    etcd.restart_empty().await;
+    // The new history is at a lower revision than the view; only a resync can see this.
+    put(&etcd, "web", "z", 1999);
+    wait_ids(&d, &["z"]).await;
+}
+
+#[tokio::test]
+async fn a_hung_member_is_detected_and_the_view_converges_after() {
+    let etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    let d = start(etcd_handle(etcd.endpoint()), "web");
+    wait_ids(&d, &["a"]).await;
+    etcd.pause();
+    wait_until("a hung etcd is noticed", DEADLINE, || async {
+        view(&d).is_some_and(|v| !v.connected)
+    })
+    .await;
+    assert_eq!(ids(&d), set(&["a"]));
+    etcd.resume();
+    put(&etcd, "web", "b", 1002);
+    wait_ids(&d, &["a", "b"]).await;
+    wait_until("the view is connected again", DEADLINE, || async {
+        view(&d).is_some_and(|v| v.connected)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn discovery_starts_while_etcd_is_down() {
+    let mut etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    etcd.kill();
+    let d = start(etcd_handle(etcd.endpoint()), "web");
+    // Give the task time to fail a few times; the view stays unknown rather than empty.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        view(&d).is_none(),
+        "no view may be published before etcd answered"
+    );
+    etcd.restart().await;
+    wait_ids(&d, &["a"]).await;
+}
