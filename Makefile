@@ -1,0 +1,22 @@
+# The two commands a new machine needs are `make demo` and `make test`; both install what
+# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client).
+CARGO ?= cargo
+
+.PHONY: deps build test lint demo bench
+
+deps:
+	@./deploy/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+# The end-to-end tests run the real binaries, so they are built first.
+test: build
+	$(CARGO) test --workspace
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+demo: build
+	./deploy/demo.sh
