@@ -170,7 +170,8 @@ impl Etcd {
     }
 
     /// Runs `op` until it succeeds or fails with an error that is not transient, moving
-    /// across members with jittered backoff. Each attempt is bounded by the request timeout.
+    /// across members with jittered backoff. Failures to connect (including rejected
+    /// credentials) are always retried. Each attempt is bounded by the request timeout.
     /// `what` names the operation in logs.
     pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, etcd_client::Error>
     where
@@ -199,11 +200,15 @@ impl Etcd {
                     self.mark_reachable(what);
                     return Ok(value);
                 }
-                (Err(e), generation) if is_transient(&e) => {
+                // Connecting never gives up: a wrong password or certificate is logged and
+                // retried, so fixing it on the etcd side needs no restart here.
+                (Err(e), None) => {
                     self.mark_unreachable(what, &e);
-                    if let Some(g) = generation {
-                        self.failed(g).await;
-                    }
+                    backoff.wait().await;
+                }
+                (Err(e), Some(generation)) if is_transient(&e) => {
+                    self.mark_unreachable(what, &e);
+                    self.failed(generation).await;
                     backoff.wait().await;
                 }
                 (Err(e), _) => {
