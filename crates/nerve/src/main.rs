@@ -1,3 +1,93 @@
-//! nerve
+//! The `nerve` command: parses the command line, loads the configuration, runs [`nerve::Nerve`]
+//! and turns signals into its operations (SIGHUP: reload; SIGTERM/SIGINT: deregister and exit).
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Health-checks local service instances and registers the healthy ones in etcd.
+#[derive(Parser)]
+#[command(name = "nerve", version)]
+struct Cli {
+    /// Configuration file (YAML or JSON); see docs/nerve.md.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration, print "ok" or the problem, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.check_config {
+        return match nerve::config::load(&cli.config) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match nerve::config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: PathBuf, config: nerve::NerveConfig) -> Result<(), String> {
+    // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    let mut nerve = nerve::Nerve::start(config)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: deregistering and exiting"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: deregistering and exiting"); break; }
+            _ = hup.recv() => {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                match nerve::config::load(&path) {
+                    Ok(new) => { nerve.reload(new).await; }
+                    Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
+                }
+            }
+        }
+    }
+    nerve.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Health checks: `tcp`, `http` and `exec`. Each runs once per call, bounded by its
+//! timeout, and answers pass or fail-with-reason. A check that cannot even run (name does
+//! not resolve, program not found) is a failure with that reason: nothing here panics or
+//! returns early to the caller with an error it would have to handle differently.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::config::{CheckConfig, ExecCheckConfig, HttpCheckConfig, ServiceConfig, TcpCheckConfig};
+
+/// The result of one check: `Ok` = pass, `Err` = why it failed.
+pub type CheckResult = Result<(), String>;
+
+/// The most of a response body read for `expect_body`, so a huge page cannot eat memory.
+const MAX_BODY: usize = 64 * 1024;
+/// How much of an exec check's stderr is kept as its failure reason.
+const STDERR_TAIL: usize = 300;
+
+/// A check bound to the instance it checks.
+#[derive(Debug, Clone)]
+pub struct Check {
+    host: String,
+    port: u16,
+    service: String,
+    config: CheckConfig,
+}
+
+impl Check {
+    pub fn new(service: &ServiceConfig, config: &CheckConfig) -> Check {
+        Check {
+            host: service.host.clone(),
+            port: service.port,
+            service: service.name.clone(),
+            config: config.clone(),
+        }
+    }
+
+    /// A short name for logs and /status, e.g. `tcp 10.0.0.5:8080`.
+    pub fn describe(&self) -> String {
+        match &self.config {
+            CheckConfig::Tcp(c) => format!("tcp {}:{}", self.host, c.port.unwrap_or(self.port)),
+            CheckConfig::Http(c) => format!(
+                "http {} {}:{}{}",
+                c.method,
+                self.host,
+                c.port.unwrap_or(self.port),
+                c.path
+            ),
+            CheckConfig::Exec(c) => format!("exec {}", c.command.join(" ")),
+        }
+    }
+
+    /// Runs the check once. Never takes much longer than its timeout.
+    pub async fn run(&self) -> CheckResult {
+        let timeout = self.config.timeout();
+        let outcome = tokio::time::timeout(timeout, async {
+            match &self.config {
+                CheckConfig::Tcp(c) => self.tcp(c).await,
+                CheckConfig::Http(c) => self.http(c).await,
+                CheckConfig::Exec(c) => self.exec(c).await,
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| Err(format!("{}: timed out after {timeout:?}", self.describe())))
+    }
+
+    async fn connect(&self, port: u16) -> Result<TcpStream, String> {
+        TcpStream::connect((self.host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect {}:{port}: {e}", self.host))
+    }
+
+    async fn tcp(&self, c: &TcpCheckConfig) -> CheckResult {
+        self.connect(c.port.unwrap_or(self.port)).await.map(drop)
+    }
+
+    async fn http(&self, c: &HttpCheckConfig) -> CheckResult {
+        let port = c.port.unwrap_or(self.port);
+        let what = self.describe();
+        let stream = self.connect(port).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+        // The connection task ends when the response is read or the check is dropped.
+        let driver = tokio::spawn(connection);
+        let result = async {
+            let host = match &c.host {
+                Some(h) => h.clone(),
+                None if self.host.contains(':') => format!("[{}]:{port}", self.host),
+                None => format!("{}:{port}", self.host),
+            };
+            let mut request = hyper::Request::builder()
+                .method(c.method.as_str())
+                .uri(c.path.as_str())
+                .header(hyper::header::HOST, host)
+                .header(hyper::header::USER_AGENT, "nerve")
+                .header(hyper::header::CONNECTION, "close");
+            for (name, value) in &c.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let request = request
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("{what}: cannot build the request: {e}"))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            let status = response.status().as_u16();
+            if !c.expect_status.contains(status) {
+                return Err(format!(
+                    "{what}: status {status}, expected {}",
+                    c.expect_status
+                ));
+            }
+            if let Some(expected) = &c.expect_body {
+                let mut body = response.into_body();
+                let mut seen = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| format!("{what}: reading the body: {e}"))?;
+                    if let Some(data) = frame.data_ref() {
+                        seen.extend_from_slice(data);
+                    }
+                    if seen.len() >= MAX_BODY {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&seen);
+                if !text.contains(expected.as_str()) {
+                    return Err(format!(
+                        "{what}: body does not contain {expected:?} (first {} bytes read)",
+                        seen.len()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    async fn exec(&self, c: &ExecCheckConfig) -> CheckResult {
+        let Some((program, args)) = c.command.split_first() else {
+            return Err("exec check without a command".into());
+        };
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .env("NERVE_SERVICE", &self.service)
+            .env("NERVE_HOST", &self.host)
+            .env("NERVE_PORT", self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // The timeout drops this future; the child must not outlive it.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            // A check that writes more than this is cut, not waited on forever.
+            let _ = (&mut pipe).take(1024 * 1024).read_to_end(&mut stderr).await;
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for {program:?}: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&stderr);
+        let text = text.trim();
+        let tail = match text.char_indices().rev().nth(STDERR_TAIL - 1) {
+            Some((i, _)) => &text[i..],
+            None => text,
+        };
+        let code = match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => "killed by a signal".into(),
+        };
+        if tail.is_empty() {
+            Err(format!("{}: {code}", self.describe()))
+        } else {
+            Err(format!("{}: {code}: {tail}", self.describe()))
+        }
+    }
+}
+
+/// Runs every check of one round at once; the first failure (in configured order) is the
+/// reason, so all checks must pass.
+pub async fn run_all(checks: &[Check]) -> CheckResult {
+    let results = futures::future::join_all(checks.iter().map(Check::run)).await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+        .map(drop)
+}
+
+/// The upper bound of one round, for callers that must not wait longer.
+pub fn round_timeout(checks: &[Check]) -> Duration {
+    checks
+        .iter()
+        .map(|c| c.config.timeout())
+        .max()
+        .unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,665 @@
+//! nerve's configuration file: its shape (serde, unknown keys rejected) and its meaning
+//! ([`Validate`]), so that every mistake is reported with the file and the dotted key.
+//!
+//! Everything here is documented for operators in `docs/nerve.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use registry::config::{ConfigError, FieldError, Validate};
+use registry::{ConfigDuration, EtcdConfig, InstanceRecord};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NerveConfig {
+    pub etcd: EtcdConfig,
+    /// TTL of the process's single lease: how long registrations outlive a crashed nerve.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: ConfigDuration,
+    /// How often every registration that should exist is read back and fixed if missing
+    /// or different.
+    #[serde(default = "default_reconcile_interval")]
+    pub reconcile_interval: ConfigDuration,
+    /// Address of the admin HTTP server; none when absent.
+    #[serde(default)]
+    pub admin: Option<AdminAddr>,
+    /// Time to wait after deregistering on SIGTERM/SIGINT before exiting.
+    #[serde(default)]
+    pub shutdown_delay: Option<ConfigDuration>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One instance to check and register.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default = "default_check_interval")]
+    pub check_interval: ConfigDuration,
+    #[serde(default = "default_rise_fall")]
+    pub rise: u32,
+    #[serde(default = "default_rise_fall")]
+    pub fall: u32,
+    /// While this file exists the instance is in maintenance (deregistered).
+    #[serde(default)]
+    pub maintenance_file: Option<PathBuf>,
+    pub checks: Vec<CheckConfig>,
+}
+
+/// A health check; `type` selects the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckConfig {
+    Tcp(TcpCheckConfig),
+    Http(HttpCheckConfig),
+    Exec(ExecCheckConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckConfig {
+    /// Port to connect to instead of the service's.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckConfig {
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// `Host` header; `<host>:<port>` of the service when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port to send the request to instead of the service's.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub expect_status: StatusSet,
+    /// The response body must contain this text.
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecCheckConfig {
+    /// Program and arguments; no shell is involved.
+    pub command: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+impl CheckConfig {
+    pub fn timeout(&self) -> Duration {
+        match self {
+            CheckConfig::Tcp(c) => c.timeout.get(),
+            CheckConfig::Http(c) => c.timeout.get(),
+            CheckConfig::Exec(c) => c.timeout.get(),
+        }
+    }
+}
+
+/// Accepted HTTP status codes, as inclusive ranges. Written as `200`, `"200-399"`, or a list
+/// of those: `[200, "300-302"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl Default for StatusSet {
+    fn default() -> Self {
+        StatusSet(vec![(200, 399)])
+    }
+}
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    fn parse_item(s: &str) -> Result<(u16, u16), String> {
+        let bad = || format!("{s:?} is not a status code or range like \"200-399\"");
+        let code = |t: &str| -> Result<u16, String> {
+            let n: u16 = t.trim().parse().map_err(|_| bad())?;
+            if (100..=599).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} is not an HTTP status code (100-599)"))
+            }
+        };
+        match s.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (code(lo)?, code(hi)?);
+                if lo > hi {
+                    return Err(format!("range {s:?} is empty"));
+                }
+                Ok((lo, hi))
+            }
+            None => code(s).map(|c| (c, c)),
+        }
+    }
+}
+
+impl fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StatusSet;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code (200), a range (\"200-399\") or a list of those")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusSet, E> {
+                StatusSet::parse_item(&v.to_string())
+                    .map(|r| StatusSet(vec![r]))
+                    .map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusSet, E> {
+                StatusSet::parse_item(&v.to_string())
+                    .map(|r| StatusSet(vec![r]))
+                    .map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusSet, E> {
+                StatusSet::parse_item(v)
+                    .map(|r| StatusSet(vec![r]))
+                    .map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StatusSet, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(item) = seq.next_element::<StatusSet>()? {
+                    ranges.extend(item.0);
+                }
+                if ranges.is_empty() {
+                    return Err(de::Error::custom("the list of status codes is empty"));
+                }
+                Ok(StatusSet(ranges))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for StatusSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The admin listen address: `127.0.0.1:8500`, `[::1]:8500`, or just a port (loopback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for AdminAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AdminAddr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address like \"127.0.0.1:8500\" or a port")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<AdminAddr, E> {
+                u16::try_from(v)
+                    .map(|p| AdminAddr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)))
+                    .map_err(|_| E::custom(format!("{v} is not a port")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AdminAddr, E> {
+                if let Ok(port) = v.parse::<u16>() {
+                    return self.visit_u64(port.into());
+                }
+                v.parse().map(AdminAddr).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not an address like \"127.0.0.1:8500\" (a host name is not allowed)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for AdminAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+fn default_lease_ttl() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+fn default_reconcile_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+fn default_weight() -> u32 {
+    registry::record::DEFAULT_WEIGHT
+}
+fn default_check_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+fn default_rise_fall() -> u32 {
+    2
+}
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_method() -> String {
+    "GET".into()
+}
+
+/// The shortest lease TTL accepted: below it a single slow keepalive loses the lease.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+
+impl ServiceConfig {
+    /// The instance id: configured, or `<host>:<port>`.
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.host, self.port))
+    }
+
+    /// The record this instance is registered with.
+    pub fn record(&self) -> InstanceRecord {
+        InstanceRecord {
+            host: self.host.clone(),
+            port: self.port,
+            name: self.instance_id(),
+            weight: self.weight,
+            zone: self.zone.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+
+    fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let key = |k: &str| format!("{at}.{k}");
+        registry::key::validate_segment("service name", &self.name)
+            .map_err(|m| FieldError::new(key("name"), m))?;
+        if self.host.is_empty()
+            || self
+                .host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                key("host"),
+                format!("{:?} is not a host name or IP address", self.host),
+            ));
+        }
+        if self.port == 0 {
+            return Err(FieldError::new(key("port"), "must be from 1 to 65535"));
+        }
+        registry::key::validate_segment("instance_id", &self.instance_id())
+            .map_err(|m| FieldError::new(key("instance_id"), m))?;
+        if self.check_interval.get() < Duration::from_millis(10) {
+            return Err(FieldError::new(
+                key("check_interval"),
+                format!("{} is too short: use at least 10ms", self.check_interval),
+            ));
+        }
+        for (name, n) in [("rise", self.rise), ("fall", self.fall)] {
+            if n == 0 {
+                return Err(FieldError::new(key(name), "must be at least 1"));
+            }
+        }
+        if self.checks.is_empty() {
+            return Err(FieldError::new(
+                key("checks"),
+                "at least one check is required, e.g. [{type: tcp}]",
+            ));
+        }
+        for (i, check) in self.checks.iter().enumerate() {
+            check.validate(&key(&format!("checks[{i}]")))?;
+        }
+        Ok(())
+    }
+}
+
+impl CheckConfig {
+    fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let key = |k: &str| format!("{at}.{k}");
+        if self.timeout() < Duration::from_millis(10) {
+            return Err(FieldError::new(
+                key("timeout"),
+                "too short: use at least 10ms",
+            ));
+        }
+        match self {
+            CheckConfig::Tcp(c) => {
+                if c.port == Some(0) {
+                    return Err(FieldError::new(key("port"), "must be from 1 to 65535"));
+                }
+            }
+            CheckConfig::Http(c) => {
+                if c.port == Some(0) {
+                    return Err(FieldError::new(key("port"), "must be from 1 to 65535"));
+                }
+                if !c.path.starts_with('/') || c.path.parse::<hyper::Uri>().is_err() {
+                    return Err(FieldError::new(
+                        key("path"),
+                        format!("{:?} is not a request path like \"/health\"", c.path),
+                    ));
+                }
+                if hyper::Method::from_bytes(c.method.as_bytes()).is_err() {
+                    return Err(FieldError::new(
+                        key("method"),
+                        format!("{:?} is not an HTTP method", c.method),
+                    ));
+                }
+                if let Some(h) = &c.host {
+                    if hyper::header::HeaderValue::from_str(h).is_err() || h.is_empty() {
+                        return Err(FieldError::new(
+                            key("host"),
+                            format!("{h:?} is not a valid Host header"),
+                        ));
+                    }
+                }
+                for (name, value) in &c.headers {
+                    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(FieldError::new(
+                            key(&format!("headers.{name}")),
+                            format!("{name:?} is not a valid header name"),
+                        ));
+                    }
+                    if hyper::header::HeaderValue::from_str(value).is_err() {
+                        return Err(FieldError::new(
+                            key(&format!("headers.{name}")),
+                            "is not a valid header value",
+                        ));
+                    }
+                }
+            }
+            CheckConfig::Exec(c) => {
+                if c.command.first().is_none_or(|p| p.is_empty()) {
+                    return Err(FieldError::new(
+                        key("command"),
+                        "must name a program, e.g. [\"/usr/local/bin/check\", \"--quick\"]",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for NerveConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        self.etcd.validate()?;
+        if self.lease_ttl.get() < MIN_LEASE_TTL {
+            return Err(FieldError::new(
+                "lease_ttl",
+                format!("{} is too short: use at least 2s", self.lease_ttl),
+            ));
+        }
+        if self.lease_ttl.get().subsec_nanos() != 0 {
+            return Err(FieldError::new(
+                "lease_ttl",
+                format!(
+                    "{} is not whole seconds (etcd leases count seconds)",
+                    self.lease_ttl
+                ),
+            ));
+        }
+        if self.reconcile_interval.get() < Duration::from_millis(100) {
+            return Err(FieldError::new(
+                "reconcile_interval",
+                format!(
+                    "{} is too short: use at least 100ms",
+                    self.reconcile_interval
+                ),
+            ));
+        }
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            service.validate(&at)?;
+            let id = (service.name.clone(), service.instance_id());
+            if let Some(first) = seen.insert(id.clone(), i) {
+                return Err(FieldError::new(
+                    format!("{at}.instance_id"),
+                    format!(
+                        "service {:?} instance {:?} is already defined by services[{first}]; give one of them another instance_id",
+                        id.0, id.1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<NerveConfig, ConfigError> {
+    registry::config::load(path)
+}
+
+/// Parses and validates configuration text; `path` only names it in errors.
+pub fn parse(path: &Path, text: &str) -> Result<NerveConfig, ConfigError> {
+    registry::config::parse(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+etcd: {endpoints: ["http://127.0.0.1:2379"]}
+services:
+  - name: web
+    host: 10.0.0.5
+    port: 8080
+    checks: [{type: tcp}]
+"#;
+
+    fn ok(text: &str) -> NerveConfig {
+        parse(Path::new("/etc/nerve.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match parse(Path::new("/etc/nerve.yaml"), text) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = ok(MINIMAL);
+        assert_eq!(c.lease_ttl, ConfigDuration::from_secs(10));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.shutdown_delay, None);
+        let s = &c.services[0];
+        assert_eq!(s.instance_id(), "10.0.0.5:8080");
+        assert_eq!(s.weight, 100);
+        assert_eq!((s.rise, s.fall), (2, 2));
+        assert_eq!(s.check_interval, ConfigDuration::from_secs(1));
+        assert_eq!(
+            s.checks[0],
+            CheckConfig::Tcp(TcpCheckConfig {
+                port: None,
+                timeout: ConfigDuration::from_secs(1)
+            })
+        );
+    }
+
+    #[test]
+    fn the_issue_2_example_loads() {
+        let c = ok(r#"
+etcd:
+  endpoints: ["http://127.0.0.1:2379"]
+  prefix: /smartstack/services        # optional, default shown
+lease_ttl: 10s                        # optional
+services:
+  - name: web
+    host: 10.0.0.5                    # what consumers dial
+    port: 8080
+    instance_id: web-1                # optional, default "<host>:<port>"
+    weight: 100                       # optional
+    check_interval: 1s
+    rise: 2                           # consecutive passes to become healthy
+    fall: 2                           # consecutive failures to become unhealthy
+    checks:
+      - type: tcp                     # connect to host:port within timeout
+"#);
+        assert_eq!(c.services[0].instance_id(), "web-1");
+    }
+
+    #[test]
+    fn every_key_of_a_full_file_loads() {
+        let c = ok(r#"
+etcd: {endpoints: ["http://127.0.0.1:2379"]}
+lease_ttl: 5s
+reconcile_interval: 2s
+admin: 127.0.0.1:8500
+shutdown_delay: 3s
+services:
+  - name: web
+    host: 10.0.0.5
+    port: 8080
+    zone: eu-1a
+    labels: {version: "2"}
+    maintenance_file: /run/web.down
+    checks:
+      - {type: http, path: /health, method: HEAD, host: web.internal, headers: {X-A: b}, expect_status: [200, "300-302"], expect_body: ok, timeout: 500ms}
+      - {type: exec, command: [/bin/true], timeout: 2s}
+      - {type: tcp, port: 9090}
+"#);
+        assert_eq!(c.admin, Some(AdminAddr("127.0.0.1:8500".parse().unwrap())));
+        let CheckConfig::Http(h) = &c.services[0].checks[0] else {
+            panic!()
+        };
+        assert_eq!(h.expect_status.0, vec![(200, 200), (300, 302)]);
+        assert!(h.expect_status.contains(301) && !h.expect_status.contains(204));
+        let r = c.services[0].record();
+        assert_eq!(r.zone.as_deref(), Some("eu-1a"));
+        assert_eq!(r.labels["version"], "2");
+    }
+
+    #[test]
+    fn admin_may_be_a_port_alone() {
+        let c = ok(&format!("{MINIMAL}admin: 8500\n"));
+        assert_eq!(c.admin, Some(AdminAddr("127.0.0.1:8500".parse().unwrap())));
+    }
+
+    #[test]
+    fn json_files_load() {
+        let c = ok(r#"{"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+            "services": [{"name": "db", "host": "h", "port": 5432, "checks": [{"type": "tcp"}]}]}"#);
+        assert_eq!(c.services[0].name, "db");
+    }
+
+    #[test]
+    fn every_error_names_the_file_and_the_key() {
+        // `extra` may override any of the other fields: they are only defaults here.
+        let svc = |extra: &str| {
+            let mut fields = vec![extra.to_owned()];
+            for default in ["name: web", "host: h", "port: 80", "checks: [{type: tcp}]"] {
+                let name = default.split(':').next().unwrap_or_default();
+                if !extra.starts_with(&format!("{name}:")) {
+                    fields.push(default.to_owned());
+                }
+            }
+            format!(
+                "etcd: {{endpoints: [\"http://127.0.0.1:2379\"]}}\nservices:\n  - {{{}}}\n",
+                fields.join(", ")
+            )
+        };
+        let check = |c: &str| {
+            format!("etcd: {{endpoints: [\"http://127.0.0.1:2379\"]}}\nservices:\n  - {{name: web, host: h, port: 80, checks: [{c}]}}\n")
+        };
+        let cases: Vec<(String, &str, &str)> = vec![
+            (format!("{MINIMAL}colour: red\n"), "colour", "unknown field"),
+            (format!("{MINIMAL}lease_ttl: 1s\n"), "lease_ttl", "at least 2s"),
+            (format!("{MINIMAL}lease_ttl: 2500ms\n"), "lease_ttl", "whole seconds"),
+            (format!("{MINIMAL}lease_ttl: soon\n"), "lease_ttl", "invalid duration"),
+            (format!("{MINIMAL}admin: localhost:80\n"), "admin", "not an address"),
+            (format!("{MINIMAL}shutdown_delay: 5\n"), "shutdown_delay", "invalid"),
+            (svc("colour: red"), "services[0].colour", "unknown field"),
+            (svc("port: 0"), "services[0].port", "1 to 65535"),
+            (svc("rise: 0"), "services[0].rise", "at least 1"),
+            (svc("fall: -1"), "services[0].fall", "invalid type"),
+            (svc("instance_id: a/b"), "services[0].instance_id", "'/'"),
+            (svc("weight: lots"), "services[0].weight", "invalid type"),
+            (svc("check_interval: 1ms"), "services[0].check_interval", "too short"),
+            (
+                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, host: h, port: 80}]".into(),
+                "services[0]",
+                "missing field `checks`",
+            ),
+            (
+                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, host: h, port: 80, checks: []}]".into(),
+                "services[0].checks",
+                "at least one check",
+            ),
+            (check("{type: ping}"), "services[0].checks[0].type", "unknown variant `ping`"),
+            (check("{type: tcp, colour: red}"), "services[0].checks[0]", "unknown field `colour`"),
+            (check("{type: exec}"), "services[0].checks[0]", "missing field `command`"),
+            (check("{type: exec, command: []}"), "services[0].checks[0].command", "must name a program"),
+            (check("{type: http, path: health}"), "services[0].checks[0].path", "request path"),
+            (check("{type: http, method: \"G T\"}"), "services[0].checks[0].method", "HTTP method"),
+            (check("{type: http, expect_status: 700}"), "services[0].checks[0]", "not an HTTP status"),
+            (check("{type: http, expect_status: \"399-200\"}"), "services[0].checks[0]", "empty"),
+            (check("{type: http, headers: {\"a b\": c}}"), "services[0].checks[0].headers.a b", "header name"),
+            (check("{type: tcp, timeout: 0ms}"), "services[0].checks[0].timeout", "too short"),
+            (
+                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n".into(),
+                "services[1].instance_id",
+                "already defined by services[0]",
+            ),
+            ("services: []".into(), "", "missing field `etcd`"),
+            ("etcd: {endpoints: []}\n".into(), "etcd.endpoints", "at least one"),
+        ];
+        for (text, key, message) in &cases {
+            let e = err(text);
+            assert_eq!(&e.key, key, "{text}\n=> {e}");
+            assert!(e.message.contains(message), "{text}\n=> {e}");
+            assert!(e.to_string().starts_with("/etc/nerve.yaml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_same_service_may_have_several_instances() {
+        let c = ok("etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n  - {name: web, host: h, port: 81, checks: [{type: tcp}]}\n");
+        assert_eq!(c.services.len(), 2);
+    }
+}

@@ -1,0 +1,119 @@
+//! One task per instance: runs its checks every `check_interval`, feeds the results through
+//! rise/fall ([`crate::health`]), watches its maintenance file, and reports to [`Shared`].
+//! Logs one line per change of state, never one per check.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{self, Check};
+use crate::config::ServiceConfig;
+use crate::health::Transition;
+use crate::state::{InstanceId, Shared};
+
+/// A running monitor; dropping it does not stop it, [`Monitor::stop`] does.
+pub struct Monitor {
+    spec: watch::Sender<ServiceConfig>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Registers the instance in `shared` (unhealthy) and starts checking it.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        service: ServiceConfig,
+        parent: &CancellationToken,
+    ) -> Monitor {
+        shared.upsert(&service);
+        let (spec_tx, spec_rx) = watch::channel(service);
+        let stop = parent.child_token();
+        let task = tokio::spawn(run(shared, spec_rx, stop.clone()));
+        Monitor {
+            spec: spec_tx,
+            stop,
+            task,
+        }
+    }
+
+    /// Switches to a new definition of the same instance; health history is kept and the
+    /// next round of checks runs at once with the new checks.
+    pub fn update(&self, shared: &Shared, service: ServiceConfig) {
+        shared.upsert(&service);
+        self.spec.send_replace(service);
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut spec: watch::Receiver<ServiceConfig>,
+    stop: CancellationToken,
+) {
+    let mut file_maintenance = false;
+    loop {
+        let service = spec.borrow_and_update().clone();
+        let id: InstanceId = (service.name.clone(), service.instance_id());
+        let checks: Vec<Check> = service
+            .checks
+            .iter()
+            .map(|c| Check::new(&service, c))
+            .collect();
+        let mut tick = tokio::time::interval(service.check_interval.get());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = spec.changed() => {
+                    if changed.is_err() { return; }
+                    break;
+                }
+                _ = stop.cancelled() => return,
+            }
+            let result = tokio::select! {
+                r = check::run_all(&checks) => r,
+                _ = stop.cancelled() => return,
+            };
+            let in_file_maintenance = match &service.maintenance_file {
+                Some(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
+                None => false,
+            };
+            if in_file_maintenance != file_maintenance {
+                file_maintenance = in_file_maintenance;
+                let file = service
+                    .maintenance_file
+                    .as_deref()
+                    .map(|p| p.display().to_string());
+                if file_maintenance {
+                    tracing::info!(service = %id.0, instance = %id.1, file, "maintenance file present: deregistering");
+                } else {
+                    tracing::info!(service = %id.0, instance = %id.1, file, "maintenance file gone: back to health checks");
+                }
+            }
+            let before = shared.health(&id);
+            let (after, transition) = before.step(result.is_ok(), service.rise, service.fall);
+            shared.report(&id, after, &result, file_maintenance);
+            match (transition, &result) {
+                (Some(Transition::BecameHealthy), _) => {
+                    tracing::info!(service = %id.0, instance = %id.1, passes = after.passes, "healthy");
+                }
+                (Some(Transition::BecameUnhealthy), Err(reason)) => {
+                    tracing::warn!(service = %id.0, instance = %id.1, failures = after.failures, %reason, "unhealthy");
+                }
+                // A new instance that never passes would otherwise never say why.
+                (None, Err(reason)) if !after.healthy && after.failures == 1 => {
+                    tracing::info!(service = %id.0, instance = %id.1, %reason, "not healthy yet: check failing");
+                }
+                _ => {
+                    tracing::debug!(service = %id.0, instance = %id.1, ?result, "check");
+                }
+            }
+        }
+    }
+}

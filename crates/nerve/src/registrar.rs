@@ -1,0 +1,329 @@
+//! Makes etcd hold exactly the wanted registrations, under the process's single lease.
+//!
+//! It follows three inputs: the wanted set ([`crate::state::Desired`]), the lease id in force
+//! ([`registry::lease`]) and a reconcile timer. It remembers what it wrote (key, value, lease)
+//! and writes only differences, so an unchanged registration is never re-written and its
+//! `mod_revision` stays. When the lease changes (lost and re-granted), everything wanted is
+//! put again under the new one. Every `reconcile_interval` each wanted key is read back; a
+//! key that is missing, holds another value or another lease is put again.
+//!
+//! Requests go through [`Etcd::retry`] (backoff, member rotation, transition logging) and
+//! are abandoned as soon as the wanted set or the lease changes, so a long outage never
+//! leaves a stale write queued in front of a newer one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::PutOptions;
+use registry::lease::{is_lease_not_found, LeaseHandle};
+use registry::Etcd;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{Desired, Shared};
+
+/// What we know about a key we wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    /// `None`: a put was started but its outcome is unknown (abandoned mid-way).
+    value: Option<String>,
+    lease: i64,
+}
+
+pub struct Registrar {
+    etcd: Etcd,
+    lease: LeaseHandle,
+    shared: Arc<Shared>,
+    reconcile_interval: Duration,
+    written: BTreeMap<String, Written>,
+}
+
+/// How one request ended.
+enum Outcome<T> {
+    Done(T),
+    /// etcd answered with an error that retrying will not fix.
+    Failed(etcd_client::Error),
+    /// The wanted set or the lease changed first; start over from the new state.
+    Interrupted,
+    Stopped,
+}
+
+impl Registrar {
+    pub fn new(
+        etcd: Etcd,
+        lease: LeaseHandle,
+        shared: Arc<Shared>,
+        reconcile_interval: Duration,
+    ) -> Registrar {
+        Registrar {
+            etcd,
+            lease,
+            shared,
+            reconcile_interval,
+            written: BTreeMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut desired_rx = self.shared.subscribe_desired();
+        let mut lease_rx = self.lease.subscribe();
+        let mut next_reconcile = Instant::now() + self.reconcile_interval;
+        let mut reconcile_due = false;
+        let mut backoff = registry::backoff::Backoff::default().start();
+        loop {
+            let lease = *lease_rx.borrow_and_update();
+            let desired = desired_rx.borrow_and_update().clone();
+            let result = match lease {
+                None => {
+                    // Without a lease nothing we wrote can be assumed to exist.
+                    self.written.clear();
+                    Ok(())
+                }
+                Some(lease) => {
+                    let r = self
+                        .sync(
+                            lease,
+                            &desired,
+                            reconcile_due,
+                            &mut desired_rx,
+                            &mut lease_rx,
+                            &stop,
+                        )
+                        .await;
+                    if matches!(r, Ok(())) && reconcile_due {
+                        reconcile_due = false;
+                        next_reconcile = Instant::now() + self.reconcile_interval;
+                    }
+                    r
+                }
+            };
+            self.publish(lease);
+            let retry_in = match result {
+                Ok(()) => {
+                    backoff.reset();
+                    None
+                }
+                Err(Stop::Stopped) => return,
+                Err(Stop::Interrupted) => continue,
+                Err(Stop::Failed) => Some(backoff.next_delay()),
+            };
+            tokio::select! {
+                // A closed channel disables its branch instead of spinning.
+                Ok(()) = desired_rx.changed() => {}
+                Ok(()) = lease_rx.changed() => {}
+                _ = tokio::time::sleep_until(next_reconcile) => reconcile_due = true,
+                _ = tokio::time::sleep(retry_in.unwrap_or(Duration::MAX / 4)), if retry_in.is_some() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn publish(&self, lease: Option<i64>) {
+        let keys: BTreeSet<String> = self
+            .written
+            .iter()
+            .filter(|(_, w)| Some(w.lease) == lease && w.value.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.shared.set_registered(lease, keys);
+    }
+
+    /// One pass: put what differs, delete what is no longer wanted, and read back when a
+    /// reconcile is due.
+    async fn sync(
+        &mut self,
+        lease: i64,
+        desired: &Desired,
+        reconcile: bool,
+        desired_rx: &mut watch::Receiver<Desired>,
+        lease_rx: &mut watch::Receiver<Option<i64>>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stop> {
+        // Keys written under an older lease went away with it (or will, when it expires).
+        let before = self.written.len();
+        self.written.retain(|_, w| w.lease == lease);
+        let relost = before != self.written.len();
+        let mut failed = false;
+
+        for (key, value) in desired {
+            let current = self.written.get(key);
+            if current.is_some_and(|w| w.value.as_deref() == Some(value.as_str())) {
+                continue;
+            }
+            let verb = if relost {
+                "re-registered under the new lease"
+            } else if current.is_some() {
+                "updated"
+            } else {
+                "registered"
+            };
+            failed |= self
+                .put(key, value, lease, verb, desired_rx, lease_rx, stop)
+                .await?;
+        }
+
+        let stale: Vec<String> = self
+            .written
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            let k = key.clone();
+            let outcome = self
+                .request("delete", desired_rx, lease_rx, stop, move |mut c| {
+                    let k = k.clone();
+                    async move { c.delete(k, None).await }
+                })
+                .await;
+            match outcome {
+                Outcome::Done(_) => {
+                    self.written.remove(&key);
+                    tracing::info!(key, "deregistered");
+                }
+                Outcome::Failed(e) => {
+                    tracing::error!(key, error = %e, "etcd refused to delete the key");
+                    failed = true;
+                }
+                Outcome::Interrupted => return Err(Stop::Interrupted),
+                Outcome::Stopped => return Err(Stop::Stopped),
+            }
+        }
+
+        if reconcile && !failed {
+            for (key, value) in desired {
+                let k = key.clone();
+                let outcome = self
+                    .request("reconcile get", desired_rx, lease_rx, stop, move |mut c| {
+                        let k = k.clone();
+                        async move { c.get(k, None).await }
+                    })
+                    .await;
+                let found = match outcome {
+                    Outcome::Done(resp) => resp
+                        .kvs()
+                        .first()
+                        .map(|kv| (kv.value().to_vec(), kv.lease())),
+                    Outcome::Failed(e) => {
+                        tracing::error!(key, error = %e, "etcd refused to read the key back");
+                        failed = true;
+                        continue;
+                    }
+                    Outcome::Interrupted => return Err(Stop::Interrupted),
+                    Outcome::Stopped => return Err(Stop::Stopped),
+                };
+                let problem = match found {
+                    None => "missing",
+                    Some((v, _)) if v != value.as_bytes() => "holds another value",
+                    Some((_, l)) if l != lease => "is bound to another lease",
+                    Some(_) => continue,
+                };
+                tracing::warn!(
+                    key,
+                    problem,
+                    "registration in etcd is wrong; putting it again"
+                );
+                failed |= self
+                    .put(
+                        key,
+                        value,
+                        lease,
+                        "re-registered",
+                        desired_rx,
+                        lease_rx,
+                        stop,
+                    )
+                    .await?;
+            }
+        }
+        if failed {
+            Err(Stop::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Puts one key under `lease`; `Ok(true)` if etcd refused it.
+    #[allow(clippy::too_many_arguments)]
+    async fn put(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: i64,
+        verb: &'static str,
+        desired_rx: &mut watch::Receiver<Desired>,
+        lease_rx: &mut watch::Receiver<Option<i64>>,
+        stop: &CancellationToken,
+    ) -> Result<bool, Stop> {
+        // Until the answer arrives the key may or may not be written; remembering it as
+        // unknown makes a later pass delete it if it is no longer wanted.
+        self.written
+            .insert(key.to_owned(), Written { value: None, lease });
+        let (k, v) = (key.to_owned(), value.to_owned());
+        let outcome = self
+            .request("put", desired_rx, lease_rx, stop, move |mut c| {
+                let (k, v) = (k.clone(), v.clone());
+                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+            })
+            .await;
+        match outcome {
+            Outcome::Done(_) => {
+                self.written.insert(
+                    key.to_owned(),
+                    Written {
+                        value: Some(value.to_owned()),
+                        lease,
+                    },
+                );
+                tracing::info!(key, lease, "{verb}");
+                Ok(false)
+            }
+            Outcome::Failed(e) if is_lease_not_found(&e) => {
+                self.lease.report_lost(lease);
+                self.written.clear();
+                Err(Stop::Interrupted)
+            }
+            Outcome::Failed(e) => {
+                self.written.remove(key);
+                tracing::error!(key, error = %e, "etcd refused the registration");
+                Ok(true)
+            }
+            Outcome::Interrupted => Err(Stop::Interrupted),
+            Outcome::Stopped => Err(Stop::Stopped),
+        }
+    }
+
+    /// Runs `op` with retries until it is done, fails for good, or something it depends on
+    /// changes.
+    async fn request<T, F, Fut>(
+        &self,
+        what: &str,
+        desired_rx: &mut watch::Receiver<Desired>,
+        lease_rx: &mut watch::Receiver<Option<i64>>,
+        stop: &CancellationToken,
+        op: F,
+    ) -> Outcome<T>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        tokio::select! {
+            r = self.etcd.retry(what, op) => match r {
+                Ok(v) => Outcome::Done(v),
+                Err(e) => Outcome::Failed(e),
+            },
+            Ok(()) = desired_rx.changed() => Outcome::Interrupted,
+            Ok(()) = lease_rx.changed() => Outcome::Interrupted,
+            _ = stop.cancelled() => Outcome::Stopped,
+        }
+    }
+}
+
+/// Why a pass ended early.
+enum Stop {
+    Failed,
+    Interrupted,
+    Stopped,
+}

@@ -1,0 +1,280 @@
+//! What nerve knows about each instance, shared by the monitors (health), the admin API
+//! (maintenance), the registrar (what is in etcd) and `/status`.
+//!
+//! The set of registrations that *should* exist is derived from it in one place
+//! ([`Shared::publish_desired`]): an instance is wanted in etcd exactly while it is healthy
+//! and not in maintenance. The registrar only ever follows that set, so no other code path
+//! can register or deregister anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::check::CheckResult;
+use crate::config::ServiceConfig;
+use crate::health::Health;
+
+/// (service, instance_id): how an instance is known across reloads.
+pub type InstanceId = (String, String);
+
+/// etcd key -> record JSON of every registration that should exist.
+pub type Desired = BTreeMap<String, String>;
+
+/// One instance as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    pub service: String,
+    pub instance_id: String,
+    pub host: String,
+    pub port: u16,
+    pub key: String,
+    pub healthy: bool,
+    /// In maintenance for any reason (admin API or maintenance file).
+    pub maintenance: bool,
+    /// Why, when in maintenance: `"admin: service"`, `"admin: all"`, `"file: PATH"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_reasons: Vec<String>,
+    /// Whether nerve has written the key under the current lease (and not deleted it).
+    pub registered: bool,
+    /// `null` until the first round of checks has finished.
+    pub last_check: Option<LastCheck>,
+    pub consecutive_passes: u32,
+    pub consecutive_failures: u32,
+    /// The lease the key is (or would be) written under; `null` while there is none.
+    pub lease: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastCheck {
+    pub passed: bool,
+    /// The failure reason; `null` when passed.
+    pub reason: Option<String>,
+    /// Unix time in milliseconds.
+    pub at_unix_ms: u64,
+}
+
+struct Entry {
+    service: ServiceConfig,
+    key: String,
+    record: String,
+    health: Health,
+    last: Option<LastCheck>,
+    maintenance_file: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    instances: BTreeMap<InstanceId, Entry>,
+    disabled_all: bool,
+    disabled_services: BTreeSet<String>,
+    /// Keys written under `lease`, as reported by the registrar.
+    registered: BTreeSet<String>,
+    lease: Option<i64>,
+}
+
+pub struct Shared {
+    inner: Mutex<Inner>,
+    desired: watch::Sender<Desired>,
+    prefix: String,
+}
+
+impl Shared {
+    pub fn new(prefix: &str) -> Shared {
+        Shared {
+            inner: Mutex::new(Inner::default()),
+            desired: watch::channel(Desired::new()).0,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain data behind, still consistent
+        // enough to serve /status and deregister; never poison the whole process.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe_desired(&self) -> watch::Receiver<Desired> {
+        self.desired.subscribe()
+    }
+
+    pub fn key_of(&self, service: &ServiceConfig) -> String {
+        registry::key::instance_key(&self.prefix, &service.name, &service.instance_id())
+    }
+
+    /// Adds an instance, or updates its definition keeping its health history (a reload
+    /// that changes only the weight must not take a healthy instance out).
+    pub fn upsert(&self, service: &ServiceConfig) {
+        let id = (service.name.clone(), service.instance_id());
+        let key = self.key_of(service);
+        let record = service.record().to_json();
+        {
+            let mut inner = self.lock();
+            match inner.instances.get_mut(&id) {
+                Some(e) => {
+                    e.service = service.clone();
+                    e.key = key;
+                    e.record = record;
+                }
+                None => {
+                    inner.instances.insert(
+                        id,
+                        Entry {
+                            service: service.clone(),
+                            key,
+                            record,
+                            health: Health::default(),
+                            last: None,
+                            maintenance_file: false,
+                        },
+                    );
+                }
+            }
+        }
+        self.publish_desired();
+    }
+
+    pub fn remove(&self, id: &InstanceId) {
+        self.lock().instances.remove(id);
+        self.publish_desired();
+    }
+
+    /// Records a round of checks and the state of the maintenance file.
+    pub fn report(
+        &self,
+        id: &InstanceId,
+        health: Health,
+        result: &CheckResult,
+        maintenance_file: bool,
+    ) {
+        {
+            let mut inner = self.lock();
+            let Some(e) = inner.instances.get_mut(id) else {
+                return;
+            };
+            e.health = health;
+            e.maintenance_file = maintenance_file;
+            e.last = Some(LastCheck {
+                passed: result.is_ok(),
+                reason: result.as_ref().err().cloned(),
+                at_unix_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            });
+        }
+        self.publish_desired();
+    }
+
+    pub fn health(&self, id: &InstanceId) -> Health {
+        self.lock()
+            .instances
+            .get(id)
+            .map(|e| e.health)
+            .unwrap_or_default()
+    }
+
+    /// Puts `service` (or every service, for `None`) in or out of maintenance. Returns
+    /// false, changing nothing, for a service nerve does not run (most likely a typo).
+    pub fn set_disabled(&self, service: Option<&str>, disabled: bool) -> bool {
+        {
+            let mut inner = self.lock();
+            if let Some(s) = service {
+                if !inner.instances.keys().any(|(name, _)| name == s) {
+                    return false;
+                }
+            }
+            let changed = match service {
+                None => std::mem::replace(&mut inner.disabled_all, disabled) != disabled,
+                Some(s) if disabled => inner.disabled_services.insert(s.to_owned()),
+                Some(s) => inner.disabled_services.remove(s),
+            };
+            if changed {
+                let scope = service.unwrap_or("all services");
+                if disabled {
+                    tracing::info!(scope, "maintenance on (admin API): deregistering");
+                } else {
+                    tracing::info!(scope, "maintenance off (admin API): back to health checks");
+                }
+            }
+        }
+        self.publish_desired();
+        true
+    }
+
+    pub fn lease(&self) -> Option<i64> {
+        self.lock().lease
+    }
+
+    /// Called by the registrar whenever what it wrote changes.
+    pub fn set_registered(&self, lease: Option<i64>, keys: BTreeSet<String>) {
+        let mut inner = self.lock();
+        inner.lease = lease;
+        inner.registered = keys;
+    }
+
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .map(|((service, instance_id), e)| {
+                let reasons = maintenance_reasons(&inner, e);
+                InstanceStatus {
+                    service: service.clone(),
+                    instance_id: instance_id.clone(),
+                    host: e.service.host.clone(),
+                    port: e.service.port,
+                    key: e.key.clone(),
+                    healthy: e.health.healthy,
+                    maintenance: !reasons.is_empty(),
+                    maintenance_reasons: reasons,
+                    registered: inner.registered.contains(&e.key),
+                    last_check: e.last.clone(),
+                    consecutive_passes: e.health.passes,
+                    consecutive_failures: e.health.failures,
+                    lease: inner.lease,
+                }
+            })
+            .collect()
+    }
+
+    /// Recomputes the wanted registrations; wakes the registrar only if they changed.
+    pub fn publish_desired(&self) {
+        let desired: Desired = {
+            let inner = self.lock();
+            inner
+                .instances
+                .values()
+                .filter(|e| e.health.healthy && maintenance_reasons(&inner, e).is_empty())
+                .map(|e| (e.key.clone(), e.record.clone()))
+                .collect()
+        };
+        self.desired.send_if_modified(|current| {
+            if *current == desired {
+                false
+            } else {
+                *current = desired;
+                true
+            }
+        });
+    }
+}
+
+fn maintenance_reasons(inner: &Inner, e: &Entry) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if inner.disabled_all {
+        reasons.push("admin: all".to_owned());
+    }
+    if inner.disabled_services.contains(&e.service.name) {
+        reasons.push("admin: service".to_owned());
+    }
+    if e.maintenance_file {
+        if let Some(p) = &e.service.maintenance_file {
+            reasons.push(format!("file: {}", p.display()));
+        }
+    }
+    reasons
+}

@@ -1,0 +1,143 @@
+//! The real `nerve` binary: `--check-config`, SIGTERM/SIGINT deregistration, SIGHUP reload.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use testkit::{Backend, ChildProcess, EtcdServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nerve");
+
+fn spawn(dir: &tempfile::TempDir, config_text: &str) -> ChildProcess {
+    let path = dir.path().join("nerve.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"))
+}
+
+#[test]
+fn check_config_prints_ok_or_the_error_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        yaml(
+            &["http://127.0.0.1:2379".into()],
+            "",
+            &tcp_service("web", "w", 80),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        yaml(
+            &["http://127.0.0.1:2379".into()],
+            "shutdown_delay: soon",
+            &tcp_service("web", "w", 80),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml")
+            && err.contains("shutdown_delay")
+            && err.contains("invalid duration"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("missing.yaml"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+async fn signal_deregisters_and_exits_zero(signal: Signal) {
+    let etcd = EtcdServer::start().await;
+    let backend = Backend::start("web").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nerve = spawn(
+        &dir,
+        &yaml(
+            &endpoints,
+            "",
+            &format!(
+                "{}{}",
+                tcp_service("web", "a", backend.port()),
+                tcp_service("api", "b", backend.port())
+            ),
+        ),
+    );
+    testkit::wait_until("both registered", Duration::from_secs(15), || async {
+        exists(&c, &key("web", "a")).await && exists(&c, &key("api", "b")).await
+    })
+    .await;
+    nerve.signal(signal);
+    let status = nerve
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("nerve exits");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        nerve.output()
+    );
+    assert!(keys(&c).await.is_empty(), "keys left after {signal}");
+    assert!(
+        nerve.output().contains("lease revoked"),
+        "{}",
+        nerve.output()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_deregisters_everything_and_exits_zero() {
+    signal_deregisters_and_exits_zero(Signal::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_deregisters_everything_and_exits_zero() {
+    signal_deregisters_and_exits_zero(Signal::SIGINT).await;
+}
+
+#[tokio::test]
+async fn an_invalid_config_at_start_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nerve = spawn(&dir, "etcd: {endpoints: [\"http://127.0.0.1:1\"]}\nservices: [{name: web, host: h, port: 80, checks: [{type: tcp}], rise: 0}]\n");
+    let status = nerve
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("nerve exits");
+    assert!(!status.success());
+    assert!(
+        nerve.output().contains("services[0].rise"),
+        "{}",
+        nerve.output()
+    );
+}

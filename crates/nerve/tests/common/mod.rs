@@ -1,0 +1,152 @@
+//! Helpers shared by nerve's integration tests: configs, reading etcd, the admin API.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use nerve::NerveConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const PREFIX: &str = "/smartstack/services";
+
+/// The YAML of a nerve config against `endpoints`, with short timings; `top` is extra
+/// top-level YAML and `services` the YAML list items.
+pub fn yaml(endpoints: &[String], top: &str, services: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        "etcd:\n  endpoints: [{}]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 1s\n  keepalive_timeout: 1s\nlease_ttl: 2s\nreconcile_interval: 500ms\n{top}\nservices:\n{services}",
+        endpoints.join(", ")
+    )
+}
+
+pub fn config(endpoints: &[String], top: &str, services: &str) -> NerveConfig {
+    let text = yaml(endpoints, top, services);
+    nerve::config::parse(Path::new("test.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// A service list item with a tcp check on `port`, checked every 100 ms.
+pub fn tcp_service(name: &str, id: &str, port: u16) -> String {
+    format!(
+        "  - {{name: {name}, instance_id: {id}, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"
+    )
+}
+
+pub fn key(service: &str, id: &str) -> String {
+    registry::key::instance_key(PREFIX, service, id)
+}
+
+pub async fn client(endpoints: &[String]) -> Client {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(2));
+    Client::connect(endpoints, Some(options))
+        .await
+        .unwrap_or_else(|e| panic!("connect {endpoints:?}: {e}"))
+}
+
+/// A key as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub value: String,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// Reads `key`; `None` if absent or if etcd cannot be reached right now.
+pub async fn get(client: &Client, key: &str) -> Option<Stored> {
+    let mut c = client.clone();
+    let resp = tokio::time::timeout(Duration::from_secs(2), c.get(key, None))
+        .await
+        .ok()?
+        .ok()?;
+    resp.kvs().first().map(|kv| Stored {
+        value: String::from_utf8_lossy(kv.value()).into_owned(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    })
+}
+
+/// Every key under the prefix.
+pub async fn keys(client: &Client) -> Vec<String> {
+    let mut c = client.clone();
+    match c
+        .get(
+            PREFIX,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+    {
+        Ok(resp) => resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub async fn exists(client: &Client, key: &str) -> bool {
+    get(client, key).await.is_some()
+}
+
+/// One HTTP/1.1 request to the admin API; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: nerve\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad response {raw:?}"))?;
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok::<_, String>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("admin request timed out".into()))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// The `/status` entry of one instance.
+pub async fn status_of(addr: SocketAddr, service: &str, id: &str) -> serde_json::Value {
+    let (code, body) = http(addr, "GET", "/status").await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["instances"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|i| i["service"] == service && i["instance_id"] == id)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no {service}/{id} in {body}"))
+}
+
+/// Logs of the nerve under test appear with `--nocapture`; only the first call installs.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
