@@ -26,6 +26,18 @@ pub fn config(endpoints: &[String], top: &str, services: &str) -> NerveConfig {
     nerve::config::parse(Path::new("test.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// Test-only tweaks of a parsed config.
+pub trait ConfigExt {
+    fn with_reconcile(self, every: Duration) -> Self;
+}
+
+impl ConfigExt for NerveConfig {
+    fn with_reconcile(mut self, every: Duration) -> Self {
+        self.reconcile_interval = registry::ConfigDuration(every);
+        self
+    }
+}
+
 /// A service list item with a tcp check on `port`, checked every 100 ms.
 pub fn tcp_service(name: &str, id: &str, port: u16) -> String {
     format!(
