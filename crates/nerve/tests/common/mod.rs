@@ -162,3 +162,70 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A tiny HTTP server for http checks: answers every request with the current status and
+/// body, and keeps the head of the last request it got.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub last_request: std::sync::Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub async fn start(status: u16, body: &'static str) -> HttpServer {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(status));
+        let last_request = Arc::new(Mutex::new(String::new()));
+        let (s, l) = (status.clone(), last_request.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, l) = (s.clone(), l.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    *l.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
+                    let code = s.load(Ordering::Relaxed);
+                    let response = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        HttpServer {
+            addr,
+            status,
+            last_request,
+            task,
+        }
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_request(&self) -> String {
+        self.last_request.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
