@@ -1,0 +1,165 @@
+//! Maintenance through the admin API and through a file: out at once, whatever the health,
+//! and back in when it ends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nerve::Nerve;
+use testkit::{Backend, EtcdServer};
+
+#[tokio::test]
+async fn the_admin_api_takes_services_out_and_back() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let services = format!(
+        "{}{}{}",
+        tcp_service("web", "w1", b.port()),
+        tcp_service("web", "w2", b.port()),
+        tcp_service("api", "a1", b.port())
+    );
+    let nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))
+        .await
+        .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    let (w1, w2, a1) = (key("web", "w1"), key("web", "w2"), key("api", "a1"));
+    testkit::wait_until("all registered", Duration::from_secs(10), || async {
+        keys(&c).await.len() == 3
+    })
+    .await;
+    let api_before = get(&c, &a1).await.unwrap();
+
+    assert_eq!(http(admin, "POST", "/services/web/disable").await.0, 200);
+    // "At once": by the time the answer is read the registrar has been told; give it one request.
+    let took = testkit::time_until("web deregistered", Duration::from_secs(2), || async {
+        !exists(&c, &w1).await && !exists(&c, &w2).await
+    })
+    .await;
+    eprintln!("measured: deregistered {took:?} after POST /services/web/disable");
+    let s = status_of(admin, "web", "w1").await;
+    assert_eq!(
+        (
+            s["healthy"].as_bool(),
+            s["maintenance"].as_bool(),
+            s["registered"].as_bool()
+        ),
+        (Some(true), Some(true), Some(false)),
+        "{s}"
+    );
+    // Still checked while in maintenance, still out.
+    let passes = s["consecutive_passes"].as_u64().unwrap();
+    testkit::wait_until(
+        "checks go on in maintenance",
+        Duration::from_secs(5),
+        || async {
+            status_of(admin, "web", "w1").await["consecutive_passes"]
+                .as_u64()
+                .unwrap()
+                > passes + 2
+        },
+    )
+    .await;
+    assert!(!exists(&c, &w1).await);
+    assert_eq!(
+        get(&c, &a1).await.unwrap().mod_revision,
+        api_before.mod_revision,
+        "other services untouched"
+    );
+
+    assert_eq!(http(admin, "POST", "/services/web/enable").await.0, 200);
+    testkit::wait_until("web back", Duration::from_secs(2), || async {
+        exists(&c, &w1).await && exists(&c, &w2).await
+    })
+    .await;
+
+    assert_eq!(http(admin, "POST", "/disable").await.0, 200);
+    testkit::wait_until("everything out", Duration::from_secs(2), || async {
+        keys(&c).await.is_empty()
+    })
+    .await;
+    let s = status_of(admin, "api", "a1").await;
+    assert_eq!(s["maintenance_reasons"][0], "admin: all", "{s}");
+    assert_eq!(http(admin, "POST", "/enable").await.0, 200);
+    testkit::wait_until("everything back", Duration::from_secs(2), || async {
+        keys(&c).await.len() == 3
+    })
+    .await;
+
+    // Mistakes are answered, not acted on.
+    assert_eq!(http(admin, "POST", "/services/nope/disable").await.0, 404);
+    assert_eq!(http(admin, "GET", "/disable").await.0, 405);
+    assert_eq!(http(admin, "GET", "/nothing").await.0, 404);
+    assert_eq!(keys(&c).await.len(), 3);
+
+    // Maintenance wins over health: an instance that turns healthy stays out.
+    assert_eq!(http(admin, "POST", "/services/api/disable").await.0, 200);
+    testkit::wait_until("api out", Duration::from_secs(2), || async {
+        !exists(&c, &a1).await
+    })
+    .await;
+    let (code, body) = http(admin, "GET", "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["lease"].as_i64().is_some(), "{body}");
+    assert_eq!(v["instances"].as_array().unwrap().len(), 3);
+    nerve.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_maintenance_file_takes_the_instance_out_while_it_exists() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.down");
+    std::fs::write(&file, "").unwrap();
+    let svc = format!(
+        "  - {{name: web, instance_id: w, host: 127.0.0.1, port: {}, check_interval: 100ms, maintenance_file: {:?}, checks: [{{type: tcp}}]}}\n",
+        b.port(),
+        file.display().to_string()
+    );
+    let nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &svc))
+        .await
+        .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    testkit::wait_until("healthy", Duration::from_secs(5), || async {
+        nerve.status()[0].healthy
+    })
+    .await;
+    let s = status_of(admin, "web", "w").await;
+    assert_eq!(s["maintenance"], true);
+    assert!(
+        s["maintenance_reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("file: "),
+        "{s}"
+    );
+    assert!(
+        !exists(&c, &key("web", "w")).await,
+        "never registered while the file exists"
+    );
+
+    std::fs::remove_file(&file).unwrap();
+    testkit::wait_until(
+        "registered when the file goes",
+        Duration::from_secs(5),
+        || async { exists(&c, &key("web", "w")).await },
+    )
+    .await;
+    std::fs::write(&file, "").unwrap();
+    let took = testkit::time_until(
+        "deregistered when the file comes back",
+        Duration::from_secs(5),
+        || async { !exists(&c, &key("web", "w")).await },
+    )
+    .await;
+    eprintln!("measured: deregistered {took:?} after the maintenance file appeared (check_interval 100ms)");
+    nerve.shutdown().await;
+}
