@@ -1,0 +1,116 @@
+//! One direction of a relay (`src` -> `dst`): moves bursts with the chosen strategy until
+//! `src` sends FIN, then shuts down the write side of `dst` (propagating the half-close)
+//! and returns the bytes moved.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::Shutdown;
+
+use tokio::net::TcpStream;
+
+use crate::activity::Activity;
+use crate::buffered::{self, Burst};
+use crate::options::{RelayOptions, Strategy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Buffered,
+    Splice,
+}
+
+pub(crate) async fn run(
+    src: &TcpStream,
+    dst: &TcpStream,
+    options: &RelayOptions,
+    activity: &Activity,
+) -> io::Result<u64> {
+    let size = options.effective_buffer_size();
+    let mut splice_ok = options.strategy != Strategy::Buffered && splice_available();
+    let mut mode = if options.strategy == Strategy::Splice && splice_ok {
+        Mode::Splice
+    } else {
+        Mode::Buffered
+    };
+    let mut bytes = 0u64;
+    loop {
+        match mode {
+            Mode::Buffered => {
+                let bulk_switch = options.strategy == Strategy::Auto && splice_ok;
+                match buffered::burst(src, dst, size, bulk_switch, activity, &mut bytes).await? {
+                    Burst::Eof => break,
+                    Burst::Idle => {}
+                    Burst::Bulk => mode = Mode::Splice,
+                }
+            }
+            Mode::Splice => match splice_burst(src, dst, options, activity, &mut bytes).await? {
+                SpliceEnd::Eof => break,
+                SpliceEnd::Idle { moved } => {
+                    // Auto: a burst smaller than one buffer was a message, not a stream.
+                    if options.strategy == Strategy::Auto && moved < size as u64 {
+                        mode = Mode::Buffered;
+                    }
+                }
+                SpliceEnd::Unsupported => {
+                    splice_ok = false;
+                    mode = Mode::Buffered;
+                }
+            },
+        }
+    }
+    shutdown_write(dst)?;
+    Ok(bytes)
+}
+
+/// Sends FIN on `s`. A peer that is already gone (`ENOTCONN`) is not an error here: the
+/// other direction reports it if it matters.
+fn shutdown_write(s: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(s).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+enum SpliceEnd {
+    Eof,
+    Idle { moved: u64 },
+    Unsupported,
+}
+
+#[cfg(target_os = "linux")]
+fn splice_available() -> bool {
+    crate::splice::available()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn splice_available() -> bool {
+    false
+}
+
+#[cfg(target_os = "linux")]
+async fn splice_burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    options: &RelayOptions,
+    activity: &Activity,
+    bytes: &mut u64,
+) -> io::Result<SpliceEnd> {
+    use crate::splice::{burst, SpliceBurst};
+    Ok(
+        match burst(src, dst, options.pipe_size, activity, bytes).await? {
+            SpliceBurst::Eof => SpliceEnd::Eof,
+            SpliceBurst::Idle { moved } => SpliceEnd::Idle { moved },
+            SpliceBurst::Unsupported => SpliceEnd::Unsupported,
+        },
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn splice_burst(
+    _src: &TcpStream,
+    _dst: &TcpStream,
+    _options: &RelayOptions,
+    _activity: &Activity,
+    _bytes: &mut u64,
+) -> io::Result<SpliceEnd> {
+    Ok(SpliceEnd::Unsupported)
+}
