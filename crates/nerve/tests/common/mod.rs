@@ -66,13 +66,31 @@ pub struct Stored {
     pub lease: i64,
 }
 
-/// Reads `key`; `None` if absent or if etcd cannot be reached right now.
+/// Runs a read until etcd answers (an election or a dead member makes single requests
+/// fail), so that "absent" never stands for "could not ask".
+async fn read<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), op()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) if start.elapsed() > Duration::from_secs(10) => panic!("{what}: {e}"),
+            Err(_) if start.elapsed() > Duration::from_secs(10) => panic!("{what}: timed out"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Reads `key`; `None` if absent.
 pub async fn get(client: &Client, key: &str) -> Option<Stored> {
-    let mut c = client.clone();
-    let resp = tokio::time::timeout(Duration::from_secs(2), c.get(key, None))
-        .await
-        .ok()?
-        .ok()?;
+    let resp = read(&format!("get {key}"), || {
+        let mut c = client.clone();
+        async move { c.get(key, None).await }
+    })
+    .await;
     resp.kvs().first().map(|kv| Stored {
         value: String::from_utf8_lossy(kv.value()).into_owned(),
         mod_revision: kv.mod_revision(),
@@ -82,21 +100,21 @@ pub async fn get(client: &Client, key: &str) -> Option<Stored> {
 
 /// Every key under the prefix.
 pub async fn keys(client: &Client) -> Vec<String> {
-    let mut c = client.clone();
-    match c
-        .get(
-            PREFIX,
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-    {
-        Ok(resp) => resp
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let resp = read("get the prefix", || {
+        let mut c = client.clone();
+        async move {
+            c.get(
+                PREFIX,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+        }
+    })
+    .await;
+    resp.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
 }
 
 pub async fn exists(client: &Client, key: &str) -> bool {
