@@ -38,6 +38,8 @@ pub struct Registrar {
     shared: Arc<Shared>,
     reconcile_interval: Duration,
     written: BTreeMap<String, Written>,
+    /// Keys that were registered under a lease that was then lost, for the log wording.
+    orphaned: BTreeSet<String>,
 }
 
 /// How one request ended.
@@ -63,6 +65,7 @@ impl Registrar {
             shared,
             reconcile_interval,
             written: BTreeMap::new(),
+            orphaned: BTreeSet::new(),
         }
     }
 
@@ -78,7 +81,7 @@ impl Registrar {
             let result = match lease {
                 None => {
                     // Without a lease nothing we wrote can be assumed to exist.
-                    self.written.clear();
+                    self.forget_all();
                     Ok(())
                 }
                 Some(lease) => {
@@ -120,6 +123,17 @@ impl Registrar {
         }
     }
 
+    /// The lease is gone and every key with it.
+    fn forget_all(&mut self) {
+        let written = std::mem::take(&mut self.written);
+        self.orphaned.extend(
+            written
+                .into_iter()
+                .filter(|(_, w)| w.value.is_some())
+                .map(|(k, _)| k),
+        );
+    }
+
     fn publish(&self, lease: Option<i64>) {
         let keys: BTreeSet<String> = self
             .written
@@ -142,9 +156,14 @@ impl Registrar {
         stop: &CancellationToken,
     ) -> Result<(), Stop> {
         // Keys written under an older lease went away with it (or will, when it expires).
-        let before = self.written.len();
-        self.written.retain(|_, w| w.lease == lease);
-        let relost = before != self.written.len();
+        let orphaned = &mut self.orphaned;
+        self.written.retain(|k, w| {
+            if w.lease != lease {
+                orphaned.insert(k.clone());
+            }
+            w.lease == lease
+        });
+        self.orphaned.retain(|k| desired.contains_key(k));
         let mut failed = false;
 
         for (key, value) in desired {
@@ -152,7 +171,7 @@ impl Registrar {
             if current.is_some_and(|w| w.value.as_deref() == Some(value.as_str())) {
                 continue;
             }
-            let verb = if relost {
+            let verb = if self.orphaned.contains(key) {
                 "re-registered under the new lease"
             } else if current.is_some() {
                 "updated"
@@ -270,6 +289,7 @@ impl Registrar {
             .await;
         match outcome {
             Outcome::Done(_) => {
+                self.orphaned.remove(key);
                 self.written.insert(
                     key.to_owned(),
                     Written {
@@ -282,7 +302,7 @@ impl Registrar {
             }
             Outcome::Failed(e) if is_lease_not_found(&e) => {
                 self.lease.report_lost(lease);
-                self.written.clear();
+                self.forget_all();
                 Err(Stop::Interrupted)
             }
             Outcome::Failed(e) => {

@@ -210,6 +210,8 @@ impl Keeper {
         let request_timeout = self.etcd.config().request_timeout.get();
         let mut alive_until = Instant::now() + self.ttl;
         let mut backoff = Backoff::default().start();
+        // Logged once when keepalives start failing and once when they work again.
+        let mut failing = false;
         loop {
             if Instant::now() >= alive_until {
                 return End::Lost(format!("no keepalive got through for {:?}", self.ttl));
@@ -218,6 +220,7 @@ impl Keeper {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(lease = id, error = %e, "cannot connect for keepalive");
+                    note_failure(&mut failing, id, self.ttl);
                     if let Some(end) = self.pause(&mut backoff, id).await {
                         return end;
                     }
@@ -233,6 +236,7 @@ impl Keeper {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = id, error = %e, "keepalive stream failed to open");
+                    note_failure(&mut failing, id, self.ttl);
                     if is_transient(&e) {
                         self.etcd.failed(session.generation()).await;
                     }
@@ -242,6 +246,7 @@ impl Keeper {
                     continue;
                 }
                 Err(_) => {
+                    note_failure(&mut failing, id, self.ttl);
                     self.etcd.failed(session.generation()).await;
                     if let Some(end) = self.pause(&mut backoff, id).await {
                         return end;
@@ -252,6 +257,9 @@ impl Keeper {
             // Opening the stream sent a first keepalive and read a positive TTL back.
             alive_until = Instant::now() + self.ttl;
             backoff.reset();
+            if std::mem::take(&mut failing) {
+                tracing::info!(lease = id, "lease keepalive works again");
+            }
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -284,6 +292,7 @@ impl Keeper {
                     other => {
                         tracing::debug!(lease = id, answer = ?other.map(|r| r.map(|_| ())), "keepalive stream broke; reopening");
                         self.etcd.failed(session.generation()).await;
+                        note_failure(&mut failing, id, self.ttl);
                         break;
                     }
                 }
@@ -301,5 +310,16 @@ impl Keeper {
             _ = self.stop.wait_for(|s| *s) => Some(End::Stopped),
             Some(reported) = self.lost.recv() => (reported == id).then(|| End::Lost("a write said the lease is not found".into())),
         }
+    }
+}
+
+/// Logs the start of a streak of keepalive failures, once.
+fn note_failure(failing: &mut bool, id: i64, ttl: Duration) {
+    if !std::mem::replace(failing, true) {
+        tracing::warn!(
+            lease = id,
+            ?ttl,
+            "lease keepalive failing; retrying on other etcd members until the TTL runs out"
+        );
     }
 }
