@@ -188,6 +188,7 @@ pub fn spawn(etcd: Etcd, service: &str, options: DiscoveryOptions) -> Discovery 
             instances: Instances::new(),
             revision: 0,
             warned: HashMap::new(),
+            reported_down: false,
         }
         .run(),
     );
@@ -204,6 +205,8 @@ struct Watcher {
     revision: i64,
     /// Keys already warned about, with the mod revision warned about.
     warned: HashMap<Vec<u8>, i64>,
+    /// The current outage has been logged; later failed attempts only log at debug.
+    reported_down: bool,
 }
 
 enum Ended {
@@ -238,6 +241,7 @@ impl Watcher {
                 tracing::info!(service = %self.service, instances = self.instances.len(), revision = self.revision, "resynced with etcd");
             }
             ever_synced = true;
+            self.reported_down = false;
             match self.watch(session.client, session.generation).await {
                 Ended::Compacted => {}
                 Ended::Failed(generation) => {
@@ -251,13 +255,14 @@ impl Watcher {
     }
 
     fn disconnected(&mut self, error: &str, ever_synced: bool) {
-        let was_connected = self.sender.borrow().as_ref().is_none_or(|v| v.connected);
-        if was_connected {
-            if ever_synced {
-                tracing::warn!(service = %self.service, %error, instances = self.instances.len(), "watch lost; serving the last known instances while retrying");
-            } else {
-                tracing::warn!(service = %self.service, %error, "etcd unreachable; no instances known yet, retrying");
-            }
+        // Once per outage: a retry loop against a dead etcd must not log every attempt.
+        let first = !std::mem::replace(&mut self.reported_down, true);
+        if !first {
+            tracing::debug!(service = %self.service, %error, "etcd still unreachable");
+        } else if ever_synced {
+            tracing::warn!(service = %self.service, %error, instances = self.instances.len(), "watch lost; serving the last known instances while retrying");
+        } else {
+            tracing::warn!(service = %self.service, %error, "etcd unreachable; no instances known yet, retrying");
         }
         self.sender.send_if_modified(|view| match view {
             Some(v) if v.connected => {

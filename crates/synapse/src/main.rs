@@ -1,3 +1,98 @@
-//! synapse
+//! The `synapse` binary: command line, logging and signals. Everything else is the
+//! library (`synapse::Synapse`).
+//!
+//! - `synapse --config FILE`: run.
+//! - `synapse --config FILE --check-config`: validate, print `ok` or the problem, exit 1 on error.
+//! - SIGHUP: reload FILE (an invalid file is logged and the running config kept).
+//! - SIGTERM / SIGINT: stop accepting, let connections finish up to `shutdown_timeout`, exit 0.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use synapse::{Synapse, SynapseConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "synapse",
+    version,
+    about = "Forwards local TCP ports to the instances of services registered in etcd."
+)]
+struct Args {
+    /// Configuration file (YAML or JSON).
+    #[arg(long, default_value = "/etc/synapse/synapse.yaml")]
+    config: PathBuf,
+    /// Validate the configuration, print "ok" or the problem, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match SynapseConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        println!("ok");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "synapse failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, config: SynapseConfig) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM during startup must not kill us uncleanly.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let services = config.services.len();
+    let synapse = Synapse::start(config).await?;
+    tracing::info!(config = %args.config.display(), services, "synapse started");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match SynapseConfig::load(&args.config) {
+                Ok(new) => match synapse.reload(new).await {
+                    Ok(actions) => tracing::info!(changes = actions.len(), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps running"),
+                },
+                Err(e) => tracing::error!(error = %e, "reload rejected: invalid configuration; the previous configuration keeps running"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: no longer accepting connections");
+    let report = synapse.shutdown().await;
+    tracing::info!(drained = report.drained, "synapse stopped");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The cache file: the last backend set etcd gave for every service, so that a synapse
+//! restarted while etcd is unreachable (or hung) serves at once instead of waiting.
+//!
+//! It is rewritten whenever a service's view from etcd changes, atomically (a temporary
+//! file in the same directory, fsync, rename), so a crash mid-write leaves the previous
+//! version. Writes happen on a background task that always writes the newest state: a
+//! burst of registry events costs a few writes, not one per event. A cache file that
+//! cannot be read or parsed is ignored with a warning: it is an optimisation, never a
+//! reason not to start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use registry::discovery::Instances;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// Format version of the file; a different version is ignored.
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub version: u32,
+    pub services: BTreeMap<String, CachedService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachedService {
+    /// etcd revision the instances reflect.
+    pub revision: i64,
+    pub instances: Instances,
+}
+
+/// Reads the cache file; a missing file is an empty cache, a broken one an error.
+pub fn read(path: &Path) -> Result<BTreeMap<String, CachedService>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let file: CacheFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a cache file: {e}", path.display()))?;
+    if file.version != VERSION {
+        return Err(format!(
+            "{} has version {}, expected {VERSION}",
+            path.display(),
+            file.version
+        ));
+    }
+    Ok(file.services)
+}
+
+/// Writes `bytes` to `path` so that readers see the old or the new content, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself; not every file system allows syncing a directory.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Keeps the cache file in line with the views it is given.
+pub struct CacheWriter {
+    path: PathBuf,
+    state: Mutex<BTreeMap<String, CachedService>>,
+    dirty: Notify,
+}
+
+impl CacheWriter {
+    /// Starts the writer task; `initial` is what the file holds now, so that services not
+    /// yet heard from keep their entries.
+    pub fn start(path: PathBuf, initial: BTreeMap<String, CachedService>) -> Arc<Self> {
+        let writer = Arc::new(CacheWriter {
+            path,
+            state: Mutex::new(initial),
+            dirty: Notify::new(),
+        });
+        tokio::spawn(Self::run(Arc::downgrade(&writer)));
+        writer
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the current instances of `service`.
+    pub fn store(&self, service: &str, instances: Arc<Instances>, revision: i64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = CachedService {
+            revision,
+            instances: instances.as_ref().clone(),
+        };
+        if state.get(service).map(|e| &e.instances) != Some(&entry.instances) {
+            state.insert(service.to_owned(), entry);
+            self.dirty.notify_one();
+        }
+    }
+
+    /// Forgets a service that is no longer configured.
+    pub fn remove(&self, service: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.remove(service).is_some() {
+            self.dirty.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = CacheFile {
+            version: VERSION,
+            services: state.clone(),
+        };
+        serde_json::to_vec_pretty(&file).unwrap_or_default()
+    }
+
+    async fn run(writer: std::sync::Weak<Self>) {
+        let mut failing = false;
+        loop {
+            let Some(w) = writer.upgrade() else { return };
+            let notified = {
+                let dirty = &w.dirty;
+                // Wait without keeping the writer alive, so dropping it ends this task.
+                let fut = dirty.notified();
+                tokio::select! {
+                    _ = fut => true,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+                }
+            };
+            if !notified {
+                drop(w);
+                continue;
+            }
+            let bytes = w.snapshot();
+            let path = w.path.clone();
+            drop(w);
+            match tokio::task::spawn_blocking(move || {
+                write_atomic(&path, &bytes).map_err(|e| (path, e))
+            })
+            .await
+            {
+                Ok(Ok(())) => {
+                    if failing {
+                        tracing::info!("cache file written again");
+                    }
+                    failing = false;
+                }
+                Ok(Err((path, e))) => {
+                    if !failing {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the cache file; will retry on the next change");
+                    }
+                    failing = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "cache writer task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::InstanceRecord;
+
+    fn instances(port: u16) -> Arc<Instances> {
+        let mut i = Instances::new();
+        i.insert(
+            "a".into(),
+            InstanceRecord {
+                host: "127.0.0.1".into(),
+                port,
+                name: "a".into(),
+                weight: 100,
+                zone: Some("z".into()),
+                labels: BTreeMap::new(),
+            },
+        );
+        Arc::new(i)
+    }
+
+    #[tokio::test]
+    async fn the_file_follows_the_views_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.json");
+        assert_eq!(read(&path), Ok(BTreeMap::new()));
+        let w = CacheWriter::start(path.clone(), BTreeMap::new());
+        w.store("web", instances(1), 5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Ok(c) = read(&path) {
+                if c.get("web").map(|s| s.instances.clone()) == Some(instances(1).as_ref().clone())
+                {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "cache never written");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        w.remove("web");
+        loop {
+            if read(&path).is_ok_and(|c| c.is_empty()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cache entry never removed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.json");
+        std::fs::write(&path, "{half").unwrap();
+        assert!(read(&path).unwrap_err().contains("not a cache file"));
+        std::fs::write(&path, r#"{"version": 9, "services": {}}"#).unwrap();
+        assert!(read(&path).unwrap_err().contains("version 9"));
+    }
+}

@@ -1,0 +1,702 @@
+//! One configured service at run time: its listener and accept loop, and the task that
+//! follows the registry and keeps the service's backend set current.
+//!
+//! The listener is bound at start so the address is known and clients can connect at
+//! once, but a connection accepted before the service has any backend set (from etcd, the
+//! cache file or `default_servers`) waits for one, up to `startup_wait`, rather than fail:
+//! the startup window in which SmartStack's synapse answered 503s.
+//!
+//! Accepting takes a permit from a semaphore of `max_connections` first, so at the limit
+//! the accept loop simply waits and clients queue in the kernel's backlog (backpressure).
+//!
+//! Everything read on the accept path ([`Shared::config`], [`Shared::set`]) is an
+//! `ArcSwap`: a reload or a registry change swaps in a new value without blocking anyone.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use registry::discovery::{Discovery, Instances, ServiceView};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backends::{
+    self, Backend, BackendSet, BackendSpec, EjectionPolicy, FailureOutcome, SetEvent, Source,
+};
+use crate::cache::CacheWriter;
+use crate::config::{DefaultServer, ServiceConfig};
+use crate::forward;
+
+/// How often ejections are checked for expiry and idle draining backends forgotten.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// At most one warning per service per this period about connections that found no backend.
+const UNSERVED_WARN_EVERY: u64 = 5_000;
+
+/// The registry's state as the status page shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RegistryState {
+    pub source: Option<Source>,
+    pub connected: bool,
+    pub revision: i64,
+    /// Unix time in milliseconds of the last confirmation from etcd.
+    pub last_sync_unix_ms: Option<u64>,
+}
+
+/// State of one service shared by its accept loop, its connections and its follower.
+pub struct Shared {
+    pub name: String,
+    pub config: ArcSwap<ServiceConfig>,
+    /// synapse's own zone, for affinity.
+    pub zone: ArcSwap<Option<String>>,
+    pub set: ArcSwap<BackendSet>,
+    /// Round-robin position, shared by every pick of the service.
+    pub cursor: AtomicUsize,
+    /// Cancelled when live connections must end (the shutdown timeout has passed).
+    pub cut: CancellationToken,
+    listen: Mutex<SocketAddr>,
+    known: watch::Sender<bool>,
+    started: Instant,
+    /// Serialises ejection decisions so that the ejection limit holds.
+    ejection_lock: Mutex<()>,
+    registry: Mutex<RegistryState>,
+    limiter: Arc<Semaphore>,
+    max_connections: AtomicU32,
+    unserved: AtomicU64,
+    unserved_warned: AtomicU64,
+    recompute: Notify,
+    /// The registry instances served last (from etcd or the cache), for a follower that
+    /// replaces this one.
+    last_known: Mutex<Option<(Arc<Instances>, Source)>>,
+}
+
+impl Shared {
+    pub fn new(
+        config: ServiceConfig,
+        zone: Option<String>,
+        listen: SocketAddr,
+        cut: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            name: config.name.clone(),
+            limiter: Arc::new(Semaphore::new(config.max_connections as usize)),
+            max_connections: AtomicU32::new(config.max_connections),
+            config: ArcSwap::from_pointee(config),
+            zone: ArcSwap::from_pointee(zone),
+            set: ArcSwap::from_pointee(BackendSet::default()),
+            cursor: AtomicUsize::new(0),
+            cut,
+            listen: Mutex::new(listen),
+            known: watch::channel(false).0,
+            started: Instant::now(),
+            ejection_lock: Mutex::new(()),
+            registry: Mutex::new(RegistryState::default()),
+            unserved: AtomicU64::new(0),
+            unserved_warned: AtomicU64::new(0),
+            recompute: Notify::new(),
+            last_known: Mutex::new(None),
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        *self.listen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a backend set is known.
+    pub fn is_ready(&self) -> bool {
+        *self.known.borrow()
+    }
+
+    /// Waits for a backend set, up to `startup_wait` after the service started; whether
+    /// one is known.
+    pub async fn wait_until_known(&self) -> bool {
+        let mut known = self.known.subscribe();
+        if *known.borrow_and_update() {
+            return true;
+        }
+        let deadline = self.started + self.config.load().startup_wait.get();
+        let _ = tokio::time::timeout_at(deadline.into(), known.wait_for(|k| *k)).await;
+        let ready = *known.borrow();
+        ready
+    }
+
+    /// Installs a new configuration for the service (a reload that changed it in place).
+    pub fn update_config(&self, config: ServiceConfig) {
+        let old = self
+            .max_connections
+            .swap(config.max_connections, Ordering::Relaxed);
+        let new = config.max_connections;
+        if new > old {
+            self.limiter.add_permits((new - old) as usize);
+        } else if new < old {
+            // Permits held by live connections come back as they close; take them then.
+            let limiter = self.limiter.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = limiter.acquire_many_owned(old - new).await {
+                    permits.forget();
+                }
+            });
+        }
+        self.config.store(Arc::new(config));
+        self.recompute.notify_one();
+    }
+
+    pub fn set_zone(&self, zone: Option<String>) {
+        self.zone.store(Arc::new(zone));
+    }
+
+    /// A connect to `backend` failed: count it, maybe eject.
+    pub fn connect_failed(
+        &self,
+        set: &BackendSet,
+        backend: &Backend,
+        policy: EjectionPolicy,
+        error: &str,
+    ) {
+        let outcome = {
+            let _serial = self
+                .ejection_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            backends::record_failure(set, &backend.stats, policy, backends::now_ms())
+        };
+        let addr = format!("{}:{}", backend.spec.host, backend.spec.port);
+        match outcome {
+            FailureOutcome::Ejected(length) => {
+                tracing::warn!(service = %self.name, backend = %addr, id = %backend.spec.id, %error, ejected_for = ?length, "backend ejected after consecutive connect failures")
+            }
+            FailureOutcome::AtEjectionLimit => {
+                tracing::debug!(service = %self.name, backend = %addr, %error, "connect failed; not ejected: max_ejection_percent reached")
+            }
+            FailureOutcome::Counted => {
+                tracing::debug!(service = %self.name, backend = %addr, %error, "connect failed; trying another backend")
+            }
+        }
+    }
+
+    /// A client connection was closed unserved; warns now and then, never per connection.
+    pub fn note_unserved(&self, why: &str) {
+        let count = self.unserved.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = backends::now_ms();
+        let last = self.unserved_warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= UNSERVED_WARN_EVERY)
+            && self
+                .unserved_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(service = %self.name, reason = why, unserved_total = count, "closing client connections: no backend available");
+        } else {
+            tracing::debug!(service = %self.name, reason = why, "client connection closed unserved");
+        }
+    }
+
+    /// Everything the status page shows about the service.
+    pub fn status(&self) -> ServiceStatus {
+        let config = self.config.load();
+        let set = self.set.load();
+        let now = backends::now_ms();
+        let describe = |b: &Backend, state: &'static str| BackendStatus {
+            id: b.spec.id.clone(),
+            host: b.spec.host.clone(),
+            port: b.spec.port,
+            weight: b.spec.weight,
+            zone: b.spec.zone.clone(),
+            state: if state == "healthy" && b.stats.is_ejected(now) {
+                "ejected"
+            } else {
+                state
+            },
+            active: b.stats.active(),
+            total: b.stats.total.load(Ordering::Relaxed),
+            connect_failures: b.stats.connect_failures.load(Ordering::Relaxed),
+        };
+        let mut backends: Vec<BackendStatus> =
+            set.active.iter().map(|b| describe(b, "healthy")).collect();
+        backends.extend(set.draining.iter().map(|b| describe(b, "draining")));
+        ServiceStatus {
+            listen: self.listen_addr().to_string(),
+            balance: config.balance.to_string(),
+            ready: self.is_ready(),
+            backends,
+            registry: self
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            unserved_connections: self.unserved.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub listen: String,
+    pub balance: String,
+    /// Whether a backend set is known (connections are being forwarded).
+    pub ready: bool,
+    pub backends: Vec<BackendStatus>,
+    pub registry: RegistryState,
+    /// Client connections closed because no backend could be reached.
+    pub unserved_connections: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub zone: Option<String>,
+    /// `healthy`, `ejected` or `draining`.
+    pub state: &'static str,
+    pub active: u64,
+    pub total: u64,
+    pub connect_failures: u64,
+}
+
+/// Backends from registry instances, in instance-id order.
+pub fn specs_from_instances(instances: &Instances) -> Vec<BackendSpec> {
+    instances
+        .iter()
+        .map(|(id, r)| BackendSpec {
+            id: id.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            weight: r.weight,
+            zone: r.zone.clone(),
+        })
+        .collect()
+}
+
+pub fn specs_from_defaults(defaults: &[DefaultServer]) -> Vec<BackendSpec> {
+    defaults
+        .iter()
+        .map(|d| BackendSpec {
+            id: format!("default:{}:{}", d.host, d.port),
+            host: d.host.clone(),
+            port: d.port,
+            weight: d.weight,
+            zone: d.zone.clone(),
+        })
+        .collect()
+}
+
+/// Which backends to use: etcd's view once etcd has answered, before that the cache file's;
+/// `default_servers` whenever the chosen source has no instance. `None` while nothing is
+/// known (no etcd answer, no cache entry, no defaults).
+pub fn choose(
+    view: Option<&Instances>,
+    cached: Option<&Instances>,
+    defaults: &[DefaultServer],
+) -> Option<(Vec<BackendSpec>, Source)> {
+    let (instances, source) = match (view, cached) {
+        (Some(v), _) => (Some(v), Source::Etcd),
+        (None, Some(c)) => (Some(c), Source::Cache),
+        (None, None) => (None, Source::Defaults),
+    };
+    match instances {
+        Some(i) if !i.is_empty() => Some((specs_from_instances(i), source)),
+        _ if !defaults.is_empty() => Some((specs_from_defaults(defaults), Source::Defaults)),
+        Some(_) => Some((Vec::new(), source)),
+        None => None,
+    }
+}
+
+/// A running service: accept loop and registry follower.
+pub struct ServiceRuntime {
+    pub shared: Arc<Shared>,
+    stop_accepting: CancellationToken,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    follow: tokio::task::JoinHandle<()>,
+    pub connections: TaskTracker,
+}
+
+/// What a service's follower reads from besides its own config.
+pub struct Sources {
+    pub discovery: Discovery,
+    /// Instances to serve until etcd answers (from the cache file, or the last view of a
+    /// discovery being replaced).
+    pub initial: Option<(Arc<Instances>, Source)>,
+    pub cache: Option<Arc<CacheWriter>>,
+}
+
+impl ServiceRuntime {
+    pub fn start(shared: Arc<Shared>, listener: TcpListener, sources: Sources) -> Self {
+        let stop_accepting = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(
+            shared.clone(),
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+        ));
+        let follow = tokio::spawn(follow(shared.clone(), sources));
+        ServiceRuntime {
+            shared,
+            stop_accepting,
+            accept: Some(accept),
+            follow,
+            connections,
+        }
+    }
+
+    /// Moves the service to a new listener; connections accepted on the old one run on.
+    pub async fn rebind(&mut self, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            *self
+                .shared
+                .listen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = addr;
+        }
+        self.stop_accepting_only().await;
+        self.stop_accepting = CancellationToken::new();
+        self.accept = Some(tokio::spawn(accept_loop(
+            self.shared.clone(),
+            listener,
+            self.stop_accepting.clone(),
+            self.connections.clone(),
+        )));
+    }
+
+    /// Closes the listener; everything else runs on.
+    pub async fn stop_accepting_only(&mut self) {
+        self.stop_accepting.cancel();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+
+    /// Stops following the registry (at the very end of a shutdown).
+    pub fn stop_following(&self) {
+        self.follow.abort();
+    }
+
+    /// Follows a new discovery (the etcd block changed); the current set is served until
+    /// the new one answers.
+    pub fn rediscover(&mut self, discovery: Discovery, cache: Option<Arc<CacheWriter>>) {
+        self.follow.abort();
+        let initial = self
+            .shared
+            .last_known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        self.follow = tokio::spawn(follow(
+            self.shared.clone(),
+            Sources {
+                discovery,
+                initial,
+                cache,
+            },
+        ));
+    }
+
+    /// Stops accepting and following the registry; live connections run on (cut after
+    /// `drain_timeout` if set). Returns the tracker to wait on them.
+    pub async fn stop(mut self) -> TaskTracker {
+        self.stop_accepting_only().await;
+        self.follow.abort();
+        self.connections.close();
+        if let Some(timeout) = self.shared.config.load().drain_timeout {
+            let set = self.shared.set.load_full();
+            let tracker = self.connections.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout.get()) => {
+                        for b in set.active.iter().chain(&set.draining) {
+                            b.stats.drain.load().cancel();
+                        }
+                    }
+                    _ = tracker.wait() => {}
+                }
+            });
+        }
+        self.connections
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let mut last_error_warned = 0u64;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            permit = shared.limiter.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    forward::serve(shared, stream).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: retrying at once would spin.
+                let now = backends::now_ms();
+                if now.saturating_sub(last_error_warned) > UNSERVED_WARN_EVERY {
+                    last_error_warned = now;
+                    tracing::warn!(service = %shared.name, error = %e, "accept failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Keeps the service's backend set in line with etcd (or the cache, or the defaults), and
+/// does the housekeeping: expired ejections, forgotten drained backends, drain timeouts.
+async fn follow(shared: Arc<Shared>, sources: Sources) {
+    let Sources {
+        discovery,
+        initial,
+        cache,
+    } = sources;
+    let mut views = discovery.subscribe();
+    let mut applied: Option<(Vec<BackendSpec>, Source)> = None;
+    let mut cached_instances: Option<Arc<Instances>> = None;
+    let (initial, initial_source) = match initial {
+        Some((i, s)) => (Some(i), s),
+        None => (None, Source::Cache),
+    };
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let view: Option<ServiceView> = views.borrow_and_update().clone();
+        let config = shared.config.load_full();
+        let chosen = choose(
+            view.as_ref().map(|v| v.instances.as_ref()),
+            initial.as_deref(),
+            &config.default_servers,
+        )
+        .map(|(specs, source)| {
+            (
+                specs,
+                if source == Source::Cache {
+                    initial_source
+                } else {
+                    source
+                },
+            )
+        });
+        let known = match &view {
+            Some(v) => Some((v.instances.clone(), Source::Etcd)),
+            None => initial.clone().map(|i| (i, initial_source)),
+        };
+        *shared
+            .last_known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = known;
+        {
+            let mut registry = shared
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(v) = &view {
+                registry.connected = v.connected;
+                registry.revision = v.revision;
+                registry.last_sync_unix_ms = v
+                    .last_sync
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64);
+            }
+            registry.source = chosen.as_ref().map(|(_, s)| *s);
+        }
+        if let (Some(v), Some(cache)) = (&view, &cache) {
+            if cached_instances
+                .as_ref()
+                .is_none_or(|c| !Arc::ptr_eq(c, &v.instances))
+            {
+                cached_instances = Some(v.instances.clone());
+                cache.store(&shared.name, v.instances.clone(), v.revision);
+            }
+        }
+        if let Some((specs, source)) = chosen {
+            if applied.as_ref() != Some(&(specs.clone(), source)) {
+                if applied.as_ref().map(|(_, s)| *s) != Some(source) {
+                    match source {
+                        Source::Etcd => {
+                            tracing::info!(service = %shared.name, backends = specs.len(), "serving etcd's view")
+                        }
+                        Source::Cache => {
+                            tracing::info!(service = %shared.name, backends = specs.len(), "serving the last known backends until etcd answers")
+                        }
+                        Source::Defaults => {
+                            tracing::info!(service = %shared.name, backends = specs.len(), "the registry has no instance: serving default_servers")
+                        }
+                    }
+                }
+                install(&shared, specs.clone());
+                applied = Some((specs, source));
+                shared.known.send_replace(true);
+            }
+        }
+        tokio::select! {
+            changed = views.changed() => {
+                if changed.is_err() {
+                    // The discovery task is gone (only at shutdown); keep the set as it is.
+                    return;
+                }
+            }
+            _ = shared.recompute.notified() => {}
+            _ = housekeeping.tick() => housekeep(&shared),
+        }
+    }
+}
+
+/// Swaps in the set for `specs` and acts on what changed.
+fn install(shared: &Arc<Shared>, specs: Vec<BackendSpec>) {
+    let old = shared.set.load_full();
+    let (set, events) = backends::update(&old, specs);
+    let set = Arc::new(set);
+    shared.set.store(set.clone());
+    let drain_timeout = shared.config.load().drain_timeout;
+    for event in events {
+        match event {
+            SetEvent::Added(s) => {
+                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), weight = s.weight, zone = ?s.zone, "backend added")
+            }
+            SetEvent::Updated { from, to } => {
+                tracing::info!(service = %shared.name, id = %to.id, backend = %format!("{}:{}", to.host, to.port), weight = to.weight, old_weight = from.weight, zone = ?to.zone, "backend updated")
+            }
+            SetEvent::Revived(s) => {
+                if let Some(b) = set
+                    .active
+                    .iter()
+                    .find(|b| b.spec.endpoint() == s.endpoint())
+                {
+                    if b.stats.drain.load().is_cancelled() {
+                        b.stats.drain.store(Arc::new(CancellationToken::new()));
+                    }
+                }
+                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend back in the registry while draining");
+            }
+            SetEvent::Removed(s) => {
+                let draining = set
+                    .draining
+                    .iter()
+                    .find(|b| b.spec.endpoint() == s.endpoint())
+                    .cloned();
+                let live = draining.as_ref().map(|b| b.stats.active()).unwrap_or(0);
+                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), live_connections = live, "backend removed; live connections run on");
+                if let (Some(b), Some(timeout)) = (draining, drain_timeout) {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(timeout.get()).await;
+                        let still_draining = shared
+                            .set
+                            .load()
+                            .draining
+                            .iter()
+                            .any(|d| Arc::ptr_eq(&d.stats, &b.stats));
+                        if still_draining && b.stats.active() > 0 {
+                            tracing::info!(service = %shared.name, backend = %format!("{}:{}", b.spec.host, b.spec.port), connections = b.stats.active(), "drain_timeout passed: closing the remaining connections");
+                            b.stats.drain.load().cancel();
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn housekeep(shared: &Shared) {
+    let set = shared.set.load_full();
+    for s in backends::restore_expired(&set, backends::now_ms()) {
+        tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend restored: ejection time is up");
+    }
+    if let Some(pruned) = backends::prune(&set) {
+        // Only forget if nothing swapped the set meanwhile.
+        let previous = shared.set.compare_and_swap(&set, Arc::new(pruned));
+        if Arc::ptr_eq(&previous, &set) {
+            tracing::debug!(service = %shared.name, "drained backends forgotten");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::InstanceRecord;
+    use std::collections::BTreeMap;
+
+    fn instances(ports: &[u16]) -> Instances {
+        ports
+            .iter()
+            .map(|&p| {
+                (
+                    format!("i{p}"),
+                    InstanceRecord {
+                        host: "127.0.0.1".into(),
+                        port: p,
+                        name: format!("i{p}"),
+                        weight: 100,
+                        zone: None,
+                        labels: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn ports(chosen: Option<(Vec<BackendSpec>, Source)>) -> Option<(Vec<u16>, Source)> {
+        chosen.map(|(s, src)| (s.iter().map(|b| b.port).collect(), src))
+    }
+
+    #[test]
+    fn etcd_wins_then_cache_then_defaults() {
+        let defaults = vec![DefaultServer {
+            host: "127.0.0.1".into(),
+            port: 9,
+            weight: 1,
+            zone: None,
+        }];
+        let (view, cache, empty) = (instances(&[1]), instances(&[2]), instances(&[]));
+        assert_eq!(
+            ports(choose(Some(&view), Some(&cache), &defaults)),
+            Some((vec![1], Source::Etcd))
+        );
+        assert_eq!(
+            ports(choose(None, Some(&cache), &defaults)),
+            Some((vec![2], Source::Cache))
+        );
+        assert_eq!(
+            ports(choose(Some(&empty), Some(&cache), &defaults)),
+            Some((vec![9], Source::Defaults))
+        );
+        assert_eq!(
+            ports(choose(None, None, &defaults)),
+            Some((vec![9], Source::Defaults))
+        );
+        assert_eq!(
+            ports(choose(Some(&empty), None, &[])),
+            Some((vec![], Source::Etcd))
+        );
+        assert_eq!(
+            ports(choose(None, Some(&empty), &[])),
+            Some((vec![], Source::Cache))
+        );
+        assert_eq!(ports(choose(None, None, &[])), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! Helpers shared by synapse's integration tests: configs with short timings, registering
+//! instances with etcdctl, and running synapse in-process.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use registry::{ConfigDuration, EtcdConfig};
+use synapse::{ServiceConfig, Synapse, SynapseConfig};
+use testkit::backend::greeting;
+use testkit::EtcdServer;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// etcd settings that notice failures within about a second.
+pub fn etcd_config(endpoint: String) -> EtcdConfig {
+    let mut c = EtcdConfig::new(vec![endpoint]);
+    c.dial_timeout = ConfigDuration::from_millis(300);
+    c.request_timeout = ConfigDuration::from_secs(1);
+    c.keepalive_interval = ConfigDuration::from_millis(500);
+    c.keepalive_timeout = ConfigDuration::from_millis(500);
+    c
+}
+
+/// A service on a fresh loopback port with short timeouts.
+pub fn service(name: &str) -> ServiceConfig {
+    let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap());
+    s.connect_timeout = ConfigDuration::from_millis(300);
+    s.ejection_time = ConfigDuration::from_millis(500);
+    s
+}
+
+pub fn config(endpoint: String, services: Vec<ServiceConfig>) -> SynapseConfig {
+    let mut c = SynapseConfig::new(etcd_config(endpoint));
+    c.services = services;
+    c.shutdown_timeout = ConfigDuration::from_secs(2);
+    c
+}
+
+pub fn register(etcd: &EtcdServer, service: &str, id: &str, port: u16) {
+    etcd.etcdctl(&[
+        "put",
+        &format!("/smartstack/services/{service}/{id}"),
+        &format!(r#"{{"host":"127.0.0.1","port":{port},"name":"{id}"}}"#),
+    ]);
+}
+
+pub fn register_json(etcd: &EtcdServer, service: &str, id: &str, json: &str) {
+    etcd.etcdctl(&["put", &format!("/smartstack/services/{service}/{id}"), json]);
+}
+
+pub fn deregister(etcd: &EtcdServer, service: &str, id: &str) {
+    etcd.etcdctl(&["del", &format!("/smartstack/services/{service}/{id}")]);
+}
+
+pub async fn greet(addr: SocketAddr) -> Result<String, String> {
+    greeting(addr, Duration::from_secs(5)).await
+}
+
+/// The names of the backends `synapse` routes `service` to, as the status shows.
+pub fn backend_ports(synapse: &Synapse, service: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = synapse
+        .status()
+        .get(service)
+        .map(|s| {
+            s.backends
+                .iter()
+                .filter(|b| b.state != "draining")
+                .map(|b| b.port)
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort();
+    ports
+}
+
+/// Waits until `service` routes to exactly `ports`.
+pub async fn wait_backends(synapse: &Synapse, service: &str, ports: &[u16]) {
+    let mut expected = ports.to_vec();
+    expected.sort();
+    testkit::wait_until(
+        &format!("{service} routes to {expected:?}"),
+        DEADLINE,
+        || async { backend_ports(synapse, service) == expected },
+    )
+    .await;
+}
+
+/// Opens `n` connections one after another; returns the greetings and the failures.
+pub async fn connect_many(addr: SocketAddr, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..n {
+        match greet(addr).await {
+            Ok(name) => ok.push(name),
+            Err(e) => failed.push(e),
+        }
+    }
+    (ok, failed)
+}
+
+pub async fn start(config: SynapseConfig) -> Synapse {
+    Synapse::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("synapse start: {e:#}"))
+}

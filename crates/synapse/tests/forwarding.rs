@@ -1,0 +1,179 @@
+//! The walking skeleton's promises against a real etcd and real backends: traffic reaches
+//! every registered instance, a dead backend costs no new connection, hand-written records
+//! route, malformed ones are skipped, and synapse starts (and waits) while etcd is down.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use testkit::{Backend, EtcdServer};
+
+#[tokio::test]
+async fn connections_reach_every_backend_in_turn() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web", "b", b.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+    let (ok, failed) = connect_many(addr, 40).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut counts = BTreeMap::new();
+    for name in ok {
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    // Equal weights, round robin: an even split.
+    assert_eq!(
+        counts,
+        BTreeMap::from([("a".to_owned(), 20), ("b".to_owned(), 20)])
+    );
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_killed_under_load_costs_no_new_connection() {
+    let etcd = EtcdServer::start().await;
+    let (mut a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web", "b", b.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+
+    // Four clients in parallel; one backend dies (and stays registered: nobody
+    // deregisters it) a quarter of the way through.
+    let clients: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(connect_many(addr, 100)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.stop().await;
+    let mut failures = Vec::new();
+    let mut served = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        served += ok.len();
+        failures.extend(failed);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 400 connections failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(served, 400);
+    // The dead backend was ejected after its consecutive failures.
+    let status = synapse.status();
+    let dead = status["web"]
+        .backends
+        .iter()
+        .find(|x| x.port == a.port())
+        .unwrap();
+    assert!(dead.connect_failures >= 3, "{dead:?}");
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn hand_written_records_route_and_malformed_ones_are_skipped() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // What an operator would type with etcdctl: no name, no weight.
+    register_json(
+        &etcd,
+        "web",
+        "by-hand",
+        &format!(r#"{{"host":"127.0.0.1","port":{}}}"#, a.port()),
+    );
+    register_json(&etcd, "web", "broken", "{not json");
+    register_json(&etcd, "web", "no-port", r#"{"host":"127.0.0.1"}"#);
+    register_json(
+        &etcd,
+        "web",
+        "bad-port",
+        r#"{"host":"127.0.0.1","port":70000}"#,
+    );
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let (ok, failed) = connect_many(addr, 10).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok.iter().all(|n| n == "a"));
+    // A malformed write later does not disturb the valid instances.
+    register_json(
+        &etcd,
+        "web",
+        "b",
+        &format!(
+            r#"{{"host":"127.0.0.1","port":{},"weight":"heavy"}}"#,
+            b.port()
+        ),
+    );
+    register(&etcd, "web", "b2", b.port());
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+    let (ok, failed) = connect_many(addr, 10).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok.contains(&"a".to_owned()) && ok.contains(&"b".to_owned()));
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn synapse_starts_while_etcd_is_down_and_holds_early_connections() {
+    let mut etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    etcd.kill();
+    let mut web = service("web");
+    web.startup_wait = registry::ConfigDuration::from_secs(15);
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    // A client that arrives before any backend is known waits instead of failing.
+    let early =
+        tokio::spawn(
+            async move { testkit::backend::greeting(addr, Duration::from_secs(15)).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !early.is_finished(),
+        "the early connection must wait, not fail"
+    );
+    assert!(!synapse.status()["web"].ready);
+    etcd.restart().await;
+    assert_eq!(early.await.unwrap(), Ok("a".to_owned()));
+    assert!(synapse.status()["web"].registry.connected);
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connect_failure_moves_to_another_backend() {
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    // Nothing listens on the first one's port.
+    let dead_port = testkit::free_port();
+    register(&etcd, "web", "a-dead", dead_port);
+    register(&etcd, "web", "b", b.port());
+    let mut web = service("web");
+    web.eject_after = 1000; // keep the dead one in rotation to exercise retries
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[dead_port, b.port()]).await;
+    let (ok, failed) = connect_many(addr, 20).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(ok.len(), 20);
+    let status = synapse.status();
+    let dead = status["web"]
+        .backends
+        .iter()
+        .find(|x| x.port == dead_port)
+        .unwrap();
+    assert!(
+        dead.connect_failures >= 5,
+        "round robin kept trying it: {dead:?}"
+    );
+    // With every backend dead, the client's connection is closed without data.
+    deregister(&etcd, "web", "b");
+    wait_backends(&synapse, "web", &[dead_port]).await;
+    assert!(greet(addr).await.is_err());
+    synapse.shutdown().await;
+}
