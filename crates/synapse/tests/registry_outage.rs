@@ -1,0 +1,230 @@
+//! Static stability: whatever etcd does (hangs, dies, is partitioned away, restarts with
+//! compacted history), traffic keeps flowing to the last known backends and synapse
+//! converges once etcd is back. And a synapse restarted while etcd is down (or hung)
+//! serves at once from its cache file.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use synapse::backends::Source;
+use testkit::{wait_until, Backend, EtcdServer, Link};
+
+async fn assert_all_served(addr: SocketAddr, n: usize, expected: &[&str]) {
+    let (ok, failed) = connect_many(addr, n).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    for name in expected {
+        assert!(
+            ok.iter().any(|n| n == name),
+            "{name} got no connection: {ok:?}"
+        );
+    }
+}
+
+fn connected(synapse: &synapse::Synapse, service: &str) -> bool {
+    synapse
+        .status()
+        .get(service)
+        .is_some_and(|s| s.registry.connected)
+}
+
+#[tokio::test]
+async fn traffic_is_unaffected_while_etcd_hangs_and_converges_after() {
+    let etcd = EtcdServer::start().await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web", "b", b.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+
+    etcd.pause();
+    assert_all_served(addr, 50, &["a", "b"]).await;
+    wait_until("synapse notices the hung etcd", DEADLINE, || async {
+        !connected(&synapse, "web")
+    })
+    .await;
+    assert_all_served(addr, 50, &["a", "b"]).await;
+    assert_eq!(synapse.status()["web"].registry.source, Some(Source::Etcd));
+
+    etcd.resume();
+    register(&etcd, "web", "c", c.port());
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b.port(), c.port()]).await;
+    wait_until("connected again", DEADLINE, || async {
+        connected(&synapse, "web")
+    })
+    .await;
+    assert_all_served(addr, 20, &["b", "c"]).await;
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn traffic_is_unaffected_while_etcd_is_dead_and_converges_after() {
+    let mut etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+
+    etcd.kill();
+    wait_until("synapse notices etcd is gone", DEADLINE, || async {
+        !connected(&synapse, "web")
+    })
+    .await;
+    assert_all_served(addr, 50, &["a"]).await;
+
+    etcd.restart().await;
+    register(&etcd, "web", "b", b.port());
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+    assert_all_served(addr, 20, &["a", "b"]).await;
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_partition_with_restart_and_compaction_resyncs_to_the_new_set() {
+    let mut etcd = EtcdServer::start().await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web", "b", b.port());
+    let etcd_addr: SocketAddr = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let link = Link::start(etcd_addr).await;
+    let synapse = start(config(link.http_endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+
+    link.cut();
+    wait_until("synapse notices the partition", DEADLINE, || async {
+        !connected(&synapse, "web")
+    })
+    .await;
+    // While synapse is cut off: the set changes, etcd restarts, history is compacted.
+    deregister(&etcd, "web", "a");
+    register(&etcd, "web", "c", c.port());
+    etcd.restart().await;
+    for i in 0..20 {
+        register(&etcd, "churn", &i.to_string(), 1);
+    }
+    let status = etcd.etcdctl(&["endpoint", "status", "--write-out", "json"]);
+    let revision = status
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no revision in {status}"))
+        .to_owned();
+    etcd.etcdctl(&["compaction", &revision]);
+    assert_all_served(addr, 20, &["a", "b"]).await;
+
+    link.heal();
+    wait_backends(&synapse, "web", &[b.port(), c.port()]).await;
+    wait_until("connected again", DEADLINE, || async {
+        connected(&synapse, "web")
+    })
+    .await;
+    // `a` left the registry while we were away: no new connection goes there.
+    let before = a.accepted();
+    assert_all_served(addr, 20, &["b", "c"]).await;
+    assert_eq!(a.accepted(), before);
+    synapse.shutdown().await;
+}
+
+/// Starts a synapse with a cache file, lets it learn `web`, stops it.
+async fn fill_cache(etcd: &EtcdServer, cache: &std::path::Path, ports: &[u16]) {
+    let mut c = config(etcd.endpoint(), vec![service("web")]);
+    c.cache_file = Some(cache.to_owned());
+    let synapse = start(c).await;
+    wait_backends(&synapse, "web", ports).await;
+    wait_until("the cache file holds the set", DEADLINE, || async {
+        synapse::cache::read(cache).is_ok_and(|c| {
+            c.get("web")
+                .is_some_and(|s| s.instances.len() == ports.len())
+        })
+    })
+    .await;
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_synapse_restarted_while_etcd_is_down_serves_from_its_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("synapse-cache.json");
+    let mut etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    fill_cache(&etcd, &cache, &[a.port()]).await;
+
+    etcd.kill();
+    let mut c = config(etcd.endpoint(), vec![service("web")]);
+    c.cache_file = Some(cache.clone());
+    let started = Instant::now();
+    let synapse = start(c).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    assert_eq!(greet(addr).await, Ok("a".to_owned()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served only after {:?}",
+        started.elapsed()
+    );
+    let status = &synapse.status()["web"];
+    assert_eq!(status.registry.source, Some(Source::Cache));
+    assert!(!status.registry.connected);
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_etcd_does_not_delay_serving_from_the_cache_and_its_answer_wins_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("synapse-cache.json");
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    fill_cache(&etcd, &cache, &[a.port()]).await;
+    // While no synapse runs, the registry changes; then etcd hangs.
+    deregister(&etcd, "web", "a");
+    register(&etcd, "web", "b", b.port());
+    etcd.pause();
+
+    let mut c = config(etcd.endpoint(), vec![service("web")]);
+    c.cache_file = Some(cache.clone());
+    let started = Instant::now();
+    let synapse = start(c).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    assert_eq!(greet(addr).await, Ok("a".to_owned()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served only after {:?}",
+        started.elapsed()
+    );
+
+    etcd.resume();
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    assert_eq!(synapse.status()["web"].registry.source, Some(Source::Etcd));
+    assert_all_served(addr, 10, &["b"]).await;
+    // And the file follows etcd's view.
+    wait_until("the cache file is rewritten", DEADLINE, || async {
+        synapse::cache::read(&cache)
+            .is_ok_and(|c| c["web"].instances.values().all(|r| r.port == b.port()))
+    })
+    .await;
+    synapse.shutdown().await;
+}
