@@ -141,3 +141,19 @@ async fn an_invalid_config_at_start_exits_non_zero_naming_the_key() {
         nerve.output()
     );
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nerve.yaml");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
