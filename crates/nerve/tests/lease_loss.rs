@@ -141,3 +141,48 @@ async fn reconcile_re_puts_a_deleted_or_overwritten_key_and_leaves_a_correct_one
     );
     nerve.shutdown().await;
 }
+
+#[tokio::test]
+async fn etcd_hung_for_longer_than_the_ttl_then_back_gets_everything_back() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let nerve = Nerve::start(
+        config(&endpoints, "", &tcp_service("web", "a", a.port()))
+            .with_reconcile(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        exists(&c, &key("web", "a")).await
+    })
+    .await;
+    let old = nerve.lease();
+    etcd.pause();
+    // Keepalives time out (request_timeout 1s); after a whole TTL (2s) the lease counts as lost.
+    testkit::wait_until(
+        "nerve gives the lease up",
+        Duration::from_secs(10),
+        || async { nerve.lease() != old },
+    )
+    .await;
+    assert!(!nerve.status()[0].registered);
+    etcd.resume();
+    let took = testkit::time_until(
+        "registered again after the hang",
+        Duration::from_secs(15),
+        || async {
+            get(&c, &key("web", "a"))
+                .await
+                .is_some_and(|s| Some(s.lease) != old && Some(s.lease) == nerve.lease())
+        },
+    )
+    .await;
+    eprintln!(
+        "measured: re-registered {took:?} after etcd resumed from a hang longer than the TTL"
+    );
+    nerve.shutdown().await;
+    assert!(keys(&c).await.is_empty());
+}
