@@ -20,3 +20,10 @@ lint: deps
 
 demo: build
 	./deploy/demo.sh
+
+# Benchmarks against HAProxy and the bare backend (not part of `make test`): installs
+# haproxy, nginx, wrk, iperf3, gnuplot; writes docs/benchmarks.md and docs/benchmarks.png.
+bench: deps
+	./deploy/bench/install.sh
+	$(CARGO) build --release --bins
+	./deploy/bench/run.sh

@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The error payload of an idle timeout, so callers can tell it from a socket's own
+/// `ETIMEDOUT` (see [`crate::is_idle_timeout`]).
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no data in either direction for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
 pub(crate) struct Activity {
     timeout: Option<Duration>,
     start: Instant,
@@ -44,10 +57,7 @@ impl Activity {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + timeout;
             if Instant::now() >= deadline {
-                return io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no data in either direction for {timeout:?}"),
-                );
+                return io::Error::new(io::ErrorKind::TimedOut, IdleTimeout(timeout));
             }
             tokio::time::sleep_until(deadline).await;
         }
@@ -64,6 +74,8 @@ mod tests {
         let t0 = Instant::now();
         let err = a.expired().await;
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(crate::is_idle_timeout(&err));
+        assert!(!crate::is_idle_timeout(&io::ErrorKind::TimedOut.into()));
         assert!(t0.elapsed() >= Duration::from_secs(5));
     }
 

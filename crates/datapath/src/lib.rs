@@ -47,7 +47,13 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+pub use activity::IdleTimeout;
 pub use options::{RelayOptions, Strategy};
+
+/// Whether `e` is the relay's own idle timeout (not a socket's `ETIMEDOUT`).
+pub fn is_idle_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+}
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,7 +99,7 @@ pub struct RelayStats {
 ///
 /// Returns the bytes moved each way. Returns an error (and closes both sockets) when either
 /// socket fails, or with [`io::ErrorKind::TimedOut`] when no byte moved in either direction
-/// for `idle_timeout`.
+/// for `idle_timeout` ([`is_idle_timeout`] tells that case apart).
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,

@@ -301,6 +301,7 @@ async fn idle_timeout_ends_a_silent_connection_and_closes_both_sides() {
             .unwrap();
         let err = res.expect_err("an idle relay times out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(datapath::is_idle_timeout(&err));
         assert!(t0.elapsed() >= Duration::from_millis(290));
         let mut b = Vec::new();
         // Both sockets are closed: each peer reads EOF.
