@@ -22,7 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 fail() { printf '\nDEMO FAILED: %s\n(logs were in %s)\n' "$*" "$work" >&2; tail -n 20 "$work"/*.log >&2 || true; exit 1; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $ETCD_PORT $PEER_PORT $SYNAPSE_PORT $A_PORT $B_PORT; do
