@@ -243,14 +243,29 @@ impl Synapse {
         if state.stopped {
             anyhow::bail!("synapse is shutting down");
         }
-        let actions = reload::diff(&state.config, &new);
+        let actions: Vec<Action> = reload::diff(&state.config, &new)
+            .into_iter()
+            .map(|a| match a {
+                // Already listening there (the old config said port 0 and the new one
+                // names the port that was picked): nothing to move.
+                Action::Rebind(s)
+                    if state
+                        .runtimes
+                        .get(&s.name)
+                        .is_some_and(|r| r.shared.listen_addr() == s.listen.0) =>
+                {
+                    Action::Update(s)
+                }
+                a => a,
+            })
+            .collect();
         // Bind everything new first, so that a failure leaves the old config untouched.
         // An address held by a service this reload stops or moves is bound after it is freed.
         let freed: HashSet<SocketAddr> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop(n) => state.config.service(n).map(|s| s.listen.0),
-                Action::Rebind(s) => state.config.service(&s.name).map(|o| o.listen.0),
+                Action::Stop(n) => state.runtimes.get(n).map(|r| r.shared.listen_addr()),
+                Action::Rebind(s) => state.runtimes.get(&s.name).map(|r| r.shared.listen_addr()),
                 _ => None,
             })
             .filter(|a| a.port() != 0)

@@ -1,0 +1,421 @@
+//! Connection handling against real backends: backpressure, default servers, zone
+//! affinity, idle timeout, draining, ejection, least_conn, in-process reloads and the
+//! admin status page.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use registry::ConfigDuration;
+use synapse::backends::Source;
+use synapse::config::{DefaultServer, ListenAddr};
+use synapse::Balance;
+use testkit::backend::EchoConnection;
+use testkit::{wait_until, Backend, EtcdServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn register_zone(etcd: &EtcdServer, service: &str, id: &str, port: u16, zone: &str) {
+    register_json(
+        etcd,
+        service,
+        id,
+        &format!(r#"{{"host":"127.0.0.1","port":{port},"zone":"{zone}"}}"#),
+    );
+}
+
+/// Waits until the peer closes `stream` (read returns 0 or an error); returns how long.
+async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(
+            deadline.saturating_sub(start.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("connection still open after {deadline:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn at_max_connections_accepting_waits_instead_of_failing() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let mut web = service("web");
+    web.max_connections = 2;
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let first = EchoConnection::open(addr).await.unwrap();
+    let mut second = EchoConnection::open(addr).await.unwrap();
+    // The third is queued by the kernel, not served and not refused.
+    let third =
+        tokio::spawn(
+            async move { testkit::backend::greeting(addr, Duration::from_secs(10)).await },
+        );
+    let waited = tokio::time::timeout(Duration::from_millis(500), async {
+        while !third.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "the third connection was handled while two were open"
+    );
+    assert_eq!(a.accepted(), 2);
+    second.round_trip("still fine").await.unwrap();
+    drop(first);
+    assert_eq!(third.await.unwrap(), Ok("a".to_owned()));
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn default_servers_are_used_while_the_registry_has_no_instance() {
+    let etcd = EtcdServer::start().await;
+    let (a, d) = (Backend::start("a").await, Backend::start("fallback").await);
+    let mut web = service("web");
+    web.default_servers = vec![DefaultServer {
+        host: "127.0.0.1".into(),
+        port: d.port(),
+        weight: 100,
+        zone: None,
+    }];
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    assert_eq!(greet(addr).await, Ok("fallback".to_owned()));
+    wait_until("registry answered", DEADLINE, || async {
+        synapse.status()["web"].registry.connected
+    })
+    .await;
+    assert_eq!(
+        synapse.status()["web"].registry.source,
+        Some(Source::Defaults)
+    );
+
+    register(&etcd, "web", "a", a.port());
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let (ok, failed) = connect_many(addr, 10).await;
+    assert!(
+        failed.is_empty() && ok.iter().all(|n| n == "a"),
+        "{ok:?} {failed:?}"
+    );
+    assert_eq!(synapse.status()["web"].registry.source, Some(Source::Etcd));
+
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[d.port()]).await;
+    assert_eq!(greet(addr).await, Ok("fallback".to_owned()));
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn zone_affinity_prefers_local_backends_and_falls_back_when_they_fail() {
+    let etcd = EtcdServer::start().await;
+    let (mut a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    register_zone(&etcd, "web", "a", a.port(), "z1");
+    register_zone(&etcd, "web", "b", b.port(), "z2");
+    register_zone(&etcd, "web", "c", c.port(), "z2");
+    let mut near = service("web");
+    near.name = "web".into();
+    let mut cfg = config(etcd.endpoint(), vec![near]);
+    cfg.zone = Some("z1".into());
+    let synapse = start(cfg).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port(), c.port()]).await;
+    let (ok, failed) = connect_many(addr, 20).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok.iter().all(|n| n == "a"), "local zone only: {ok:?}");
+
+    // The only local backend dies: every connection still succeeds, in the other zone.
+    a.stop().await;
+    let (ok, failed) = connect_many(addr, 20).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        ok.iter().any(|n| n == "b") && ok.iter().any(|n| n == "c"),
+        "{ok:?}"
+    );
+
+    // Asking for two healthy local backends when there is one spreads over every zone.
+    let a2 = Backend::start("a2").await;
+    register_zone(&etcd, "web", "a", a2.port(), "z1");
+    wait_backends(&synapse, "web", &[a2.port(), b.port(), c.port()]).await;
+    let mut cfg2 = config(etcd.endpoint(), vec![service("web")]);
+    cfg2.zone = Some("z1".into());
+    cfg2.services[0].min_zone_backends = 2;
+    cfg2.services[0].listen = ListenAddr(addr);
+    synapse.reload(cfg2).await.unwrap();
+    let (ok, failed) = connect_many(addr, 30).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    for name in ["a2", "b", "c"] {
+        assert!(ok.iter().any(|n| n == name), "{name} unused: {ok:?}");
+    }
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_idle_timeout_and_busy_ones_are_not() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let mut web = service("web");
+    web.idle_timeout = Some(ConfigDuration::from_millis(400));
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+
+    let mut busy = EchoConnection::open(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 2];
+    idle.read_exact(&mut greeting).await.unwrap();
+    let idle_task =
+        tokio::spawn(async move { closed_within(&mut idle, Duration::from_secs(5)).await });
+    for i in 0..8 {
+        busy.round_trip(&format!("ping {i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_after = idle_task.await.unwrap();
+    assert!(
+        closed_after >= Duration::from_millis(350),
+        "closed too early: {closed_after:?}"
+    );
+    busy.round_trip("still here after 800ms of traffic")
+        .await
+        .unwrap();
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_live_connection_survives_its_backends_deregistration_and_reloads() {
+    let etcd = EtcdServer::start().await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let web_addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let mut long = EchoConnection::open(web_addr).await.unwrap();
+    assert_eq!(long.backend, "a");
+
+    register(&etcd, "web", "b", b.port());
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    let draining: Vec<_> = synapse.status()["web"]
+        .backends
+        .iter()
+        .filter(|x| x.state == "draining")
+        .map(|x| (x.port, x.active))
+        .collect();
+    assert_eq!(draining, vec![(a.port(), 1)]);
+    long.round_trip("after deregistration").await.unwrap();
+    assert_eq!(
+        greet(web_addr).await,
+        Ok("b".to_owned()),
+        "new connections avoid the draining backend"
+    );
+
+    // A reload that adds a service, and one that changes web in place.
+    register(&etcd, "api", "c", c.port());
+    let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
+    cfg.services[0].listen = ListenAddr(web_addr);
+    cfg.services[0].balance = Balance::LeastConn;
+    let actions = synapse.reload(cfg.clone()).await.unwrap();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    let api_addr = synapse.listen_addr("api").unwrap();
+    wait_backends(&synapse, "api", &[c.port()]).await;
+    assert_eq!(greet(api_addr).await, Ok("c".to_owned()));
+    assert_eq!(synapse.status()["web"].balance, "least_conn");
+    assert_eq!(synapse.listen_addr("web"), Some(web_addr));
+    long.round_trip("after reloads").await.unwrap();
+
+    // Removing web stops its listener; the live connection still runs.
+    let mut only_api = cfg.clone();
+    only_api.services.remove(0);
+    only_api.services[0].listen = ListenAddr(api_addr);
+    synapse.reload(only_api).await.unwrap();
+    assert!(
+        TcpStream::connect(web_addr).await.is_err(),
+        "web still accepts"
+    );
+    long.round_trip("after its service was removed")
+        .await
+        .unwrap();
+    assert_eq!(greet(api_addr).await, Ok("c".to_owned()));
+
+    // Once it closes, the draining backend is forgotten.
+    drop(long);
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn drain_timeout_ends_connections_to_a_removed_backend() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    let mut web = service("web");
+    web.drain_timeout = Some(ConfigDuration::from_millis(300));
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 2];
+    conn.read_exact(&mut greeting).await.unwrap();
+    register(&etcd, "web", "b", b.port());
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    let took = closed_within(&mut conn, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(150),
+        "cut before drain_timeout: {took:?}"
+    );
+    wait_until("the drained backend is forgotten", DEADLINE, || async {
+        synapse.status()["web"]
+            .backends
+            .iter()
+            .all(|x| x.state != "draining")
+    })
+    .await;
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_ejected_then_restored_and_shown_in_status() {
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let dead = testkit::free_port();
+    register(&etcd, "web", "a", dead);
+    register(&etcd, "web", "b", b.port());
+    let mut cfg = config(etcd.endpoint(), vec![service("web")]);
+    cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+    let synapse = start(cfg).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[dead, b.port()]).await;
+    let state = |s: &synapse::Synapse| {
+        s.status()["web"]
+            .backends
+            .iter()
+            .find(|x| x.port == dead)
+            .map(|x| x.state)
+    };
+    let (_, failed) = connect_many(addr, 10).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(state(&synapse), Some("ejected"));
+    let failures_when_ejected = synapse.status()["web"]
+        .backends
+        .iter()
+        .find(|x| x.port == dead)
+        .unwrap()
+        .connect_failures;
+    assert_eq!(
+        failures_when_ejected, 3,
+        "ejected after eject_after consecutive failures"
+    );
+    // While ejected it gets no attempts.
+    let (ok, _) = connect_many(addr, 10).await;
+    assert!(ok.iter().all(|n| n == "b"));
+    assert_eq!(
+        synapse.status()["web"]
+            .backends
+            .iter()
+            .find(|x| x.port == dead)
+            .unwrap()
+            .connect_failures,
+        3
+    );
+
+    // The admin page shows the same.
+    let admin = synapse.admin_addr().unwrap();
+    let mut http = TcpStream::connect(admin).await.unwrap();
+    http.write_all(b"GET /status HTTP/1.1\r\nHost: synapse\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let web = &json["services"]["web"];
+    assert_eq!(web["balance"], "round_robin");
+    assert_eq!(web["listen"], addr.to_string());
+    assert_eq!(web["registry"]["source"], "etcd");
+    assert_eq!(web["registry"]["connected"], true);
+    assert!(web["registry"]["revision"].as_i64().unwrap() > 0);
+    assert!(web["registry"]["last_sync_unix_ms"].as_u64().is_some());
+    let backends = web["backends"].as_array().unwrap();
+    let a = backends.iter().find(|x| x["port"] == dead).unwrap();
+    assert_eq!(a["state"], "ejected");
+    let bb = backends.iter().find(|x| x["port"] == b.port()).unwrap();
+    assert_eq!(bb["state"], "healthy");
+    assert!(bb["total"].as_u64().unwrap() >= 17);
+    for key in ["host", "weight", "zone", "active", "connect_failures"] {
+        assert!(bb.get(key).is_some(), "{key} missing in {bb}");
+    }
+
+    // Restored when the ejection time (500ms here) is up.
+    wait_until("the ejected backend is restored", DEADLINE, || async {
+        state(&synapse) == Some("healthy")
+    })
+    .await;
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_connections_to_the_least_busy_backend() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web", "b", b.port());
+    let mut web = service("web");
+    web.balance = Balance::LeastConn;
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
+    // Hold connections open: with two backends both are always compared, so they alternate.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(EchoConnection::open(addr).await.unwrap());
+    }
+    let on_a = held.iter().filter(|c| c.backend == "a").count();
+    assert_eq!(
+        on_a,
+        3,
+        "{:?}",
+        held.iter().map(|c| c.backend.clone()).collect::<Vec<_>>()
+    );
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_waits_for_live_connections() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let synapse = std::sync::Arc::new(start(config(etcd.endpoint(), vec![service("web")])).await);
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let mut conn = EchoConnection::open(addr).await.unwrap();
+    let s = synapse.clone();
+    let shutdown = tokio::spawn(async move { s.shutdown().await });
+    wait_until("the listener closes", DEADLINE, || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    conn.round_trip("during shutdown").await.unwrap();
+    assert!(!shutdown.is_finished());
+    drop(conn);
+    let report = shutdown.await.unwrap();
+    assert!(report.drained);
+}
