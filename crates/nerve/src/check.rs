@@ -88,9 +88,9 @@ impl Check {
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(|e| format!("{what}: {e}"))?;
-        // The connection task ends when the response is read or the check is dropped.
-        let driver = tokio::spawn(connection);
-        let result = async {
+        // The connection is driven inside this future rather than in a spawned task, so a
+        // timeout drops it (and closes the socket) even against a server that never answers.
+        let exchange = async {
             let host = match &c.host {
                 Some(h) => h.clone(),
                 None if self.host.contains(':') => format!("[{}]:{port}", self.host),
@@ -140,10 +140,17 @@ impl Check {
                 }
             }
             Ok(())
+        };
+        tokio::pin!(exchange);
+        tokio::pin!(connection);
+        tokio::select! {
+            r = &mut exchange => r,
+            c = &mut connection => match c {
+                // Closed after the whole response arrived: what is buffered still reads.
+                Ok(()) => exchange.await,
+                Err(e) => Err(format!("{what}: {e}")),
+            },
         }
-        .await;
-        driver.abort();
-        result
     }
 
     async fn exec(&self, c: &ExecCheckConfig) -> CheckResult {

@@ -111,15 +111,27 @@ async fn http_checks_status_body_host_and_headers() {
 }
 
 #[tokio::test]
-async fn http_against_a_server_that_never_answers_times_out() {
-    // Accepts but never reads or writes.
+async fn http_against_a_server_that_never_answers_times_out_and_closes_the_connection() {
+    use tokio::io::AsyncReadExt;
+    // Accepts but never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let started = Instant::now();
-    let err = run(&format!("  - {{name: s, host: 127.0.0.1, port: {port}, checks: [{{type: http, timeout: 200ms}}]}}\n")).await.unwrap_err();
+    let item = format!(
+        "  - {{name: s, host: 127.0.0.1, port: {port}, checks: [{{type: http, timeout: 200ms}}]}}\n"
+    );
+    let check = tokio::spawn(async move { run(&item).await });
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    let err = check.await.unwrap().unwrap_err();
     assert!(err.contains("timed out after 200ms"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    drop(listener);
+    // A check that timed out must not keep its socket: the server sees the request, then EOF.
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), accepted.read_to_end(&mut seen)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the check's connection is still open: {read:?}"
+    );
 }
 
 #[tokio::test]
