@@ -418,7 +418,16 @@ impl ServiceRuntime {
                 }
             });
         }
-        self.connections
+        self.connections.clone()
+    }
+}
+
+impl Drop for ServiceRuntime {
+    /// A runtime dropped without [`ServiceRuntime::stop`] (a `Synapse` dropped without
+    /// shutdown) must not leave its listener and watch running in the background.
+    fn drop(&mut self) {
+        self.stop_accepting.cancel();
+        self.follow.abort();
     }
 }
 

@@ -419,3 +419,35 @@ async fn a_graceful_shutdown_waits_for_live_connections() {
     let report = shutdown.await.unwrap();
     assert!(report.drained);
 }
+
+#[tokio::test]
+async fn a_reload_moves_a_listener_and_hands_an_address_to_a_renamed_service() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "web2", "b", b.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let old_addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let mut long = EchoConnection::open(old_addr).await.unwrap();
+
+    // Move web to a new port: the new one serves, the old one closes, the live connection stays.
+    let new_port = testkit::free_port();
+    let mut moved = config(etcd.endpoint(), vec![service("web")]);
+    moved.services[0].listen = ListenAddr(format!("127.0.0.1:{new_port}").parse().unwrap());
+    synapse.reload(moved.clone()).await.unwrap();
+    let new_addr = synapse.listen_addr("web").unwrap();
+    assert_eq!(new_addr.port(), new_port);
+    assert_eq!(greet(new_addr).await, Ok("a".to_owned()));
+    assert!(TcpStream::connect(old_addr).await.is_err());
+    long.round_trip("after the move").await.unwrap();
+
+    // Rename: web2 takes over web's address in the same reload.
+    let mut renamed = moved.clone();
+    renamed.services[0].name = "web2".into();
+    synapse.reload(renamed).await.unwrap();
+    wait_backends(&synapse, "web2", &[b.port()]).await;
+    assert_eq!(greet(new_addr).await, Ok("b".to_owned()));
+    long.round_trip("after the rename").await.unwrap();
+    synapse.shutdown().await;
+}

@@ -1,0 +1,192 @@
+//! The real `synapse` binary: `--check-config`, SIGHUP reloads (a new service starts, a
+//! live connection survives, an invalid file is rejected and the old config keeps
+//! running) and SIGTERM (stop accepting, drain up to shutdown_timeout, exit 0).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use testkit::backend::EchoConnection;
+use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+use tokio::net::TcpStream;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_synapse"))
+}
+
+fn spawn(dir: &Path, config: &Path) -> ChildProcess {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config").arg(config);
+    ChildProcess::spawn_logged("synapse", cmd, &dir.join("synapse.log"))
+}
+
+fn write_config(path: &Path, etcd: &str, services: &[(&str, u16)], extra: &str) {
+    let mut text = format!(
+        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\n{extra}services:\n"
+    );
+    for (name, port) in services {
+        text.push_str(&format!(
+            "  - name: {name}\n    listen: 127.0.0.1:{port}\n    connect_timeout: 300ms\n"
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+async fn wait_greeting(addr: std::net::SocketAddr, expected: &str) {
+    wait_until(
+        &format!("{addr} greets with {expected}"),
+        DEADLINE,
+        || async { greet(addr).await.is_ok_and(|n| n == expected) },
+    )
+    .await;
+}
+
+#[test]
+fn check_config_prints_ok_or_the_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, listen: 127.0.0.1:3000}]\n").unwrap();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, listen: 127.0.0.1:3000, balance: fastest}]\n").unwrap();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("services[0].balance"),
+        "{err}"
+    );
+
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(dir.path().join("missing.yaml"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn sighup_adds_a_service_without_cutting_a_live_connection_and_rejects_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let (a, c) = (Backend::start("a").await, Backend::start("c").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "api", "c", c.port());
+    let (web_port, api_port) = (free_port(), free_port());
+    let web: std::net::SocketAddr = format!("127.0.0.1:{web_port}").parse().unwrap();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let config = dir.path().join("synapse.yaml");
+    write_config(&config, &etcd.endpoint(), &[("web", web_port)], "");
+    let synapse = spawn(dir.path(), &config);
+    wait_greeting(web, "a").await;
+    let mut long = EchoConnection::open(web).await.unwrap();
+
+    write_config(
+        &config,
+        &etcd.endpoint(),
+        &[("web", web_port), ("api", api_port)],
+        "",
+    );
+    synapse.signal(Signal::SIGHUP);
+    wait_greeting(api, "c").await;
+    long.round_trip("after adding a service").await.unwrap();
+
+    std::fs::write(&config, "etcd: {endpoints: []}\n").unwrap();
+    synapse.signal(Signal::SIGHUP);
+    wait_until("the bad reload is logged", DEADLINE, || async {
+        synapse.output().contains("reload rejected")
+    })
+    .await;
+    assert!(
+        synapse.output().contains("etcd.endpoints"),
+        "the log names the key"
+    );
+    long.round_trip("after a rejected reload").await.unwrap();
+    assert_eq!(greet(api).await, Ok("c".to_owned()));
+    assert_eq!(greet(web).await, Ok("a".to_owned()));
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let port = free_port();
+    let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.path().join("synapse.yaml");
+    write_config(
+        &config,
+        &etcd.endpoint(),
+        &[("web", port)],
+        "shutdown_timeout: 10s\n",
+    );
+    let mut synapse = spawn(dir.path(), &config);
+    wait_greeting(web, "a").await;
+    let mut long = EchoConnection::open(web).await.unwrap();
+
+    synapse.signal(Signal::SIGTERM);
+    wait_until("the listener closes", DEADLINE, || async {
+        TcpStream::connect(web).await.is_err()
+    })
+    .await;
+    long.round_trip("while shutting down").await.unwrap();
+    assert!(synapse.is_running(), "exited while a connection was live");
+    drop(long);
+    let status = synapse
+        .wait_exit(DEADLINE)
+        .await
+        .expect("synapse did not exit");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_cuts_connections_left_after_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let port = free_port();
+    let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.path().join("synapse.yaml");
+    write_config(
+        &config,
+        &etcd.endpoint(),
+        &[("web", port)],
+        "shutdown_timeout: 500ms\n",
+    );
+    let mut synapse = spawn(dir.path(), &config);
+    wait_greeting(web, "a").await;
+    let _long = EchoConnection::open(web).await.unwrap();
+    let started = Instant::now();
+    synapse.signal(Signal::SIGTERM);
+    let status = synapse
+        .wait_exit(DEADLINE)
+        .await
+        .expect("synapse did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "exited before shutdown_timeout: {:?}",
+        started.elapsed()
+    );
+}
