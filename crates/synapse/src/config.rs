@@ -469,6 +469,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/synapse.yaml");
+        let c = SynapseConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services.len(), 2);
+    }
+
+    #[test]
     fn port_zero_listens_never_collide() {
         parse(&format!(
             "{ETCD}services:\n  - {{name: a, listen: '127.0.0.1:0'}}\n  - {{name: b, listen: '127.0.0.1:0'}}\n"

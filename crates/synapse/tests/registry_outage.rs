@@ -50,11 +50,16 @@ async fn traffic_is_unaffected_while_etcd_hangs_and_converges_after() {
     wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
 
     etcd.pause();
+    let paused = Instant::now();
     assert_all_served(addr, 50, &["a", "b"]).await;
     wait_until("synapse notices the hung etcd", DEADLINE, || async {
         !connected(&synapse, "web")
     })
     .await;
+    eprintln!(
+        "measured: a hung etcd was noticed after {:?}",
+        paused.elapsed()
+    );
     assert_all_served(addr, 50, &["a", "b"]).await;
     assert_eq!(synapse.status()["web"].registry.source, Some(Source::Etcd));
 
@@ -136,7 +141,12 @@ async fn a_partition_with_restart_and_compaction_resyncs_to_the_new_set() {
     assert_all_served(addr, 20, &["a", "b"]).await;
 
     link.heal();
+    let healed = Instant::now();
     wait_backends(&synapse, "web", &[b.port(), c.port()]).await;
+    eprintln!(
+        "measured: resynced {:?} after the partition healed",
+        healed.elapsed()
+    );
     wait_until("connected again", DEADLINE, || async {
         connected(&synapse, "web")
     })
@@ -185,6 +195,10 @@ async fn a_synapse_restarted_while_etcd_is_down_serves_from_its_cache_file() {
         "served only after {:?}",
         started.elapsed()
     );
+    eprintln!(
+        "measured: first connection served from the cache {:?} after start (etcd dead)",
+        started.elapsed()
+    );
     let status = &synapse.status()["web"];
     assert_eq!(status.registry.source, Some(Source::Cache));
     assert!(!status.registry.connected);
@@ -213,6 +227,10 @@ async fn a_hung_etcd_does_not_delay_serving_from_the_cache_and_its_answer_wins_a
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "served only after {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "measured: first connection served from the cache {:?} after start (etcd hung)",
         started.elapsed()
     );
 
