@@ -61,6 +61,8 @@ pub struct Shared {
     pub cut: CancellationToken,
     listen: Mutex<SocketAddr>,
     known: watch::Sender<bool>,
+    /// Mirrors `known` for the accept path.
+    ready: std::sync::atomic::AtomicBool,
     started: Instant,
     /// Serialises ejection decisions so that the ejection limit holds.
     ejection_lock: Mutex<()>,
@@ -93,6 +95,7 @@ impl Shared {
             cut,
             listen: Mutex::new(listen),
             known: watch::channel(false).0,
+            ready: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             ejection_lock: Mutex::new(()),
             registry: Mutex::new(RegistryState::default()),
@@ -109,12 +112,17 @@ impl Shared {
 
     /// Whether a backend set is known.
     pub fn is_ready(&self) -> bool {
-        *self.known.borrow()
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Waits for a backend set, up to `startup_wait` after the service started; whether
     /// one is known.
     pub async fn wait_until_known(&self) -> bool {
+        // The common case costs one atomic load; the watch (and its lock) is only for the
+        // first seconds of a service's life.
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
         let mut known = self.known.subscribe();
         if *known.borrow_and_update() {
             return true;
@@ -521,6 +529,7 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
                 .registry
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            registry.connected = false;
             if let Some(v) = &view {
                 registry.connected = v.connected;
                 registry.revision = v.revision;
@@ -558,6 +567,7 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
                 }
                 install(&shared, specs.clone());
                 applied = Some((specs, source));
+                shared.ready.store(true, Ordering::Release);
                 shared.known.send_replace(true);
             }
         }

@@ -299,6 +299,8 @@ async fn a_dead_backend_is_ejected_then_restored_and_shown_in_status() {
     register(&etcd, "web", "a", dead);
     register(&etcd, "web", "b", b.port());
     let mut cfg = config(etcd.endpoint(), vec![service("web")]);
+    // Long enough that the checks below finish within the first ejection on a busy machine.
+    cfg.services[0].ejection_time = ConfigDuration::from_secs(2);
     cfg.admin = Some("127.0.0.1:0".parse().unwrap());
     let synapse = start(cfg).await;
     let addr = synapse.listen_addr("web").unwrap();
@@ -449,5 +451,35 @@ async fn a_reload_moves_a_listener_and_hands_an_address_to_a_renamed_service() {
     wait_backends(&synapse, "web2", &[b.port()]).await;
     assert_eq!(greet(new_addr).await, Ok("b".to_owned()));
     long.round_trip("after the rename").await.unwrap();
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_of_the_etcd_block_follows_the_new_prefix_without_a_gap() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register_json(&etcd, "ignored", "x", "{}");
+    etcd.etcdctl(&[
+        "put",
+        "/other/web/b",
+        &format!(r#"{{"host":"127.0.0.1","port":{}}}"#, b.port()),
+    ]);
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let mut cfg = config(etcd.endpoint(), vec![service("web")]);
+    cfg.services[0].listen = ListenAddr(addr);
+    cfg.etcd.prefix = "/other".into();
+    let actions = synapse.reload(cfg).await.unwrap();
+    assert!(
+        actions.contains(&synapse::Action::Rediscover),
+        "{actions:?}"
+    );
+    // Until the new prefix is read, the old backends keep serving.
+    let first = greet(addr).await.unwrap();
+    assert!(first == "a" || first == "b", "{first}");
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    assert_eq!(greet(addr).await, Ok("b".to_owned()));
     synapse.shutdown().await;
 }
