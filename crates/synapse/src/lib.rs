@@ -424,7 +424,7 @@ impl Synapse {
             runtime.connections.close();
             trackers.push(runtime.connections.clone());
         }
-        state.admin = None;
+        // The admin server stays up while connections drain, so the drain can be watched.
         let timeout = state.config.shutdown_timeout.get();
         let live: usize = trackers.iter().map(|t| t.len()).sum();
         if live > 0 {
@@ -453,6 +453,7 @@ impl Synapse {
         for runtime in state.runtimes.values_mut() {
             runtime.stop_following();
         }
+        state.admin = None;
         ShutdownReport { drained }
     }
 }

@@ -33,7 +33,7 @@ use crate::config::{DefaultServer, ServiceConfig};
 use crate::forward;
 
 /// How often ejections are checked for expiry and idle draining backends forgotten.
-const HOUSEKEEPING: Duration = Duration::from_millis(100);
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 /// At most one warning per service per this period about connections that found no backend.
 const UNSERVED_WARN_EVERY: u64 = 5_000;

@@ -190,3 +190,23 @@ async fn sigterm_cuts_connections_left_after_shutdown_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("synapse.yaml");
+    write_config(&config, "http://127.0.0.1:1", &[("web", port)], "");
+    let mut synapse = spawn(dir.path(), &config);
+    let status = synapse
+        .wait_exit(DEADLINE)
+        .await
+        .expect("synapse did not exit");
+    assert!(!status.success());
+    let log = synapse.output();
+    assert!(
+        log.contains("cannot listen on") && log.contains(&port.to_string()),
+        "{log}"
+    );
+}

@@ -483,3 +483,28 @@ async fn a_reload_of_the_etcd_block_follows_the_new_prefix_without_a_gap() {
     assert_eq!(greet(addr).await, Ok("b".to_owned()));
     synapse.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_changes_nothing() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
+    cfg.services[0].listen = ListenAddr(addr);
+    cfg.services[0].balance = Balance::Random;
+    cfg.services[1].listen = ListenAddr(taken.local_addr().unwrap());
+    let err = synapse.reload(cfg).await.unwrap_err();
+    assert!(format!("{err:#}").contains("cannot listen on"), "{err:#}");
+    assert!(synapse.listen_addr("api").is_none());
+    assert_eq!(
+        synapse.status()["web"].balance,
+        "round_robin",
+        "nothing was applied"
+    );
+    assert_eq!(greet(addr).await, Ok("a".to_owned()));
+    synapse.shutdown().await;
+}
