@@ -6,7 +6,7 @@
 //!   tokio's `copy_bidirectional`), to compare data paths before synapse adopts one.
 //! - `register`: put N instance records of one service into etcd (RSS with many backends).
 //! - `probe`: registration -> routable and removal -> unroutable latency through synapse.
-//! - `hold`: N idle connections through a proxy, to a backend it runs itself (RSS).
+//! - `hold` / `sink`: N idle connections through a proxy / the backend that keeps them (RSS).
 //! - `load`: new-connection-per-request HTTP load counting failures (failover run).
 #![forbid(unsafe_code)]
 
@@ -32,6 +32,7 @@ enum Cmd {
     Register(register::Args),
     Probe(probe::Args),
     Hold(hold::Args),
+    Sink(hold::SinkArgs),
     Load(load::Args),
 }
 
@@ -42,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Register(a) => runtime(1)?.block_on(register::run(a)),
         Cmd::Probe(a) => runtime(1)?.block_on(probe::run(a)),
         Cmd::Hold(a) => runtime(1)?.block_on(hold::run(a)),
+        Cmd::Sink(a) => runtime(1)?.block_on(hold::sink(a)),
         Cmd::Load(a) => runtime(1)?.block_on(load::run(a)),
     }
 }

@@ -32,6 +32,8 @@ pub(crate) async fn run(
         Mode::Buffered
     };
     let mut bytes = 0u64;
+    // Auto: consecutive splice bursts too small to be worth a pipe.
+    let mut small_bursts = 0u32;
     loop {
         match mode {
             Mode::Buffered => {
@@ -45,9 +47,19 @@ pub(crate) async fn run(
             Mode::Splice => match splice_burst(src, dst, options, activity, &mut bytes).await? {
                 SpliceEnd::Eof => break,
                 SpliceEnd::Idle { moved } => {
-                    // Auto: a burst smaller than one buffer was a message, not a stream.
-                    if options.strategy == Strategy::Auto && moved < size as u64 {
-                        mode = Mode::Buffered;
+                    // Auto: bursts well under one buffer are messages, not a stream; two
+                    // in a row hand the direction back to buffers (the hysteresis keeps a
+                    // stream whose reader is momentarily ahead on splice).
+                    if options.strategy == Strategy::Auto {
+                        small_bursts = if moved < (size / 4) as u64 {
+                            small_bursts + 1
+                        } else {
+                            0
+                        };
+                        if small_bursts >= 2 {
+                            small_bursts = 0;
+                            mode = Mode::Buffered;
+                        }
                     }
                 }
                 SpliceEnd::Unsupported => {

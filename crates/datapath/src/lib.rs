@@ -7,11 +7,12 @@
 //! - moves bulk data with Linux `splice(2)` through a pipe (socket -> pipe -> socket), so
 //!   the payload is never copied into user space ([`Strategy::Splice`]);
 //! - moves small messages (request/response traffic) with one `read` and one `write` per
-//!   message: a short read is taken as "the socket is drained", the same rule nginx uses,
-//!   which saves the extra `read` that only returns `EAGAIN` ([`Strategy::Buffered`]);
+//!   message: a short read is taken as "the socket is drained" (the rule nginx and
+//!   tokio's own `poll_read` use), which saves the `read` that would only return `EAGAIN`
+//!   ([`Strategy::Buffered`]);
 //! - by default picks per direction and per burst: small messages are read into a buffer,
-//!   a read that fills the whole buffer switches that direction to splice until it goes
-//!   idle again ([`Strategy::Auto`]);
+//!   a read that fills the whole buffer switches that direction to splice until its
+//!   bursts become small again ([`Strategy::Auto`]);
 //! - holds no buffer and no pipe while a connection is idle: both come from small
 //!   per-thread pools when data arrives and go back when the direction runs dry, so 10,000
 //!   idle connections cost neither memory nor file descriptors beyond their sockets;
@@ -20,8 +21,9 @@
 //!
 //! Half-close is propagated: when one side sends FIN, the relay shuts down the write side
 //! of the other socket and keeps relaying the other direction until it ends too. An error
-//! on either side (reset, broken pipe) or the idle timeout ends both directions; the
-//! sockets are closed when [`relay`] returns.
+//! on either side (reset, broken pipe) ends both directions and is passed on as a reset
+//! (RST, so a cut-off response never looks complete); the idle timeout ends both with a
+//! normal close. The sockets are closed when [`relay`] returns.
 //!
 //! Portability: splice is Linux-only. Elsewhere, or when splice fails with an error that
 //! means "not supported for these descriptors" (`EINVAL`, `ENOSYS`, ...), the relay falls
@@ -112,6 +114,11 @@ pub async fn relay(
     relay_with(client, upstream, &options).await
 }
 
+/// Makes the coming close send RST instead of FIN (`SO_LINGER` 0).
+fn abort(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
 /// [`relay`] with every knob explicit.
 pub async fn relay_with(
     client: TcpStream,
@@ -119,16 +126,30 @@ pub async fn relay_with(
     options: &RelayOptions,
 ) -> io::Result<RelayStats> {
     let activity = activity::Activity::new(options.idle_timeout);
-    let up = direction::run(&client, &upstream, options, &activity);
-    let down = direction::run(&upstream, &client, options, &activity);
-    let both = async { tokio::try_join!(up, down) };
-    let (client_to_upstream, upstream_to_client) = match options.idle_timeout {
-        None => both.await?,
-        Some(_) => {
-            tokio::select! {
-                res = both => res?,
-                err = activity.expired() => return Err(err),
+    let result = {
+        let up = direction::run(&client, &upstream, options, &activity);
+        let down = direction::run(&upstream, &client, options, &activity);
+        let both = async { tokio::try_join!(up, down) };
+        match options.idle_timeout {
+            None => both.await,
+            Some(_) => {
+                tokio::select! {
+                    res = both => res,
+                    err = activity.expired() => Err(err),
+                }
             }
+        }
+    };
+    let (client_to_upstream, upstream_to_client) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // A failure is passed on as a reset (not a FIN that would make a cut-off
+            // response look complete); an idle timeout closes both sides gracefully.
+            if !is_idle_timeout(&e) {
+                abort(&client);
+                abort(&upstream);
+            }
+            return Err(e);
         }
     };
     Ok(RelayStats {

@@ -10,7 +10,8 @@ use std::time::Duration;
 pub enum Strategy {
     /// Per direction and per burst: messages that fit in the buffer are read and written
     /// (one `read` + one `write` each); a read that fills the buffer switches that
-    /// direction to splice until it goes idle. Buffers only where splice is unavailable.
+    /// direction to splice, until two bursts in a row move less than a quarter buffer.
+    /// Buffers only where splice is unavailable.
     Auto,
     /// Always `splice(2)` through a pipe (Linux); falls back to buffers only when the
     /// kernel refuses splice for these sockets.
