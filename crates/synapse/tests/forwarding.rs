@@ -211,3 +211,29 @@ async fn a_connect_failure_moves_to_another_backend() {
     assert!(greet(addr).await.is_err());
     synapse.shutdown().await;
 }
+
+#[tokio::test]
+async fn run_serves_until_its_shutdown_future_completes() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let port = testkit::free_port();
+    let mut web = service("web");
+    web.listen = synapse::config::ListenAddr(format!("127.0.0.1:{port}").parse().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(synapse::Synapse::run(
+        config(etcd.endpoint(), vec![web]),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("synapse serves", DEADLINE, || async {
+        greet(addr).await.as_deref() == Ok("a")
+    })
+    .await;
+    let _ = stop.send(());
+    let report = run.await.unwrap().unwrap();
+    assert!(report.drained);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
