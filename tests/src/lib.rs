@@ -7,6 +7,7 @@
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
 //! Everything binds 127.0.0.1 only.
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod etcd;

@@ -2,6 +2,7 @@
 //! connection with `hello from NAME`, keeping connections alive unless asked not to.
 //!
 //! Usage: `demo-backend NAME LISTEN_ADDR`
+#![forbid(unsafe_code)]
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
