@@ -136,37 +136,49 @@ def render_plain(rows):
     return "\n".join(out)
 
 
-def targets(data, synapse="synapse"):
-    def r(metric, a="haproxy"):
-        x, y = med(data, metric, synapse), med(data, metric, a)
+def targets(data, syns):
+    """One row per target of issue 5, one column per synapse build measured."""
+
+    def r(metric, syn):
+        x, y = med(data, metric, syn), med(data, metric, "haproxy")
         return x / y if x is not None and y else None
 
-    def line(name, value, ok):
-        if value is None:
-            return f"| {name} | not measured | - |"
-        return f"| {name} | {value} | {'met' if ok else 'NOT met'} |"
+    def verdict(value, ok):
+        return "not measured" if value is None else f"{value} ({'met' if ok else 'NOT met'})"
 
-    out = ["| target | measured | |", "|---|---|---|"]
-    k = r("keepalive_rps")
-    out.append(line("keepalive req/s >= 1.25x HAProxy", k and f"{k:.2f}x", k is not None and k >= 1.25))
-    n = r("newconn_rps")
-    out.append(line("new connections/s >= 1.15x HAProxy", n and f"{n:.2f}x", n is not None and n >= 1.15))
-    b1, b8 = r("bulk1_gbps"), r("bulk8_gbps")
-    out.append(line("bulk >= 1.3x HAProxy (1 / 8 streams)", b1 and b8 and f"{b1:.2f}x / {b8:.2f}x",
-                    b1 is not None and b8 is not None and min(b1, b8) >= 1.3))
-    p = r("keepalive_p99_ms")
-    q = r("newconn_p99_ms")
-    out.append(line("p99 no worse than HAProxy (keepalive / new conn)", p and q and f"{p:.2f}x / {q:.2f}x",
-                    p is not None and q is not None and p <= 1.0 and q <= 1.0))
-    g = med(data, "reg_p99_ms", synapse)
-    out.append(line("registration -> routable p99 < 20 ms", g is not None and f"{g:.1f} ms", g is not None and g < 20))
-    f = med(data, "failover_failed", synapse)
-    out.append(line("0 failed connections in failover", f is not None and f"{f:.0f}", f == 0))
-    i = med(data, "rss_idle_mb", synapse)
-    out.append(line("idle RSS < 10 MB", i is not None and f"{i:.1f} MB", i is not None and i < 10))
-    c = med(data, "rss_10k_conns_mb", synapse)
-    out.append(line("RSS < 100 MB with 10,000 idle connections", c is not None and f"{c:.1f} MB",
-                    c is not None and c < 100))
+    def checks(syn):
+        k, n = r("keepalive_rps", syn), r("newconn_rps", syn)
+        b1, b8 = r("bulk1_gbps", syn), r("bulk8_gbps", syn)
+        p, q = r("keepalive_p99_ms", syn), r("newconn_p99_ms", syn)
+        g = med(data, "reg_p99_ms", syn)
+        f = med(data, "failover_failed", syn)
+        i = med(data, "rss_idle_mb", syn)
+        c = med(data, "rss_10k_conns_mb", syn)
+        return [
+            verdict(k and f"{k:.2f}x", k is not None and k >= 1.25),
+            verdict(n and f"{n:.2f}x", n is not None and n >= 1.15),
+            verdict(b1 and b8 and f"{b1:.2f}x / {b8:.2f}x", b1 is not None and b8 is not None and min(b1, b8) >= 1.3),
+            verdict(p and q and f"{p:.2f}x / {q:.2f}x", p is not None and q is not None and p <= 1.0 and q <= 1.0),
+            verdict(None if g is None else f"{g:.1f} ms", g is not None and g < 20),
+            verdict(None if f is None else f"{f:.0f}", f == 0),
+            verdict(None if i is None else f"{i:.1f} MB", i is not None and i < 10),
+            verdict(None if c is None else f"{c:.1f} MB", c is not None and c < 100),
+        ]
+
+    names = [
+        "keepalive req/s >= 1.25x HAProxy",
+        "new connections/s >= 1.15x HAProxy",
+        "bulk >= 1.3x HAProxy (1 / 8 streams)",
+        "p99 no worse than HAProxy (keepalive / new connection)",
+        "registration -> routable p99 < 20 ms",
+        "0 failed requests in failover",
+        "idle RSS < 10 MB",
+        "RSS < 100 MB with 10,000 idle connections",
+    ]
+    cols = [checks(s) for s in syns]
+    out = ["| target | " + " | ".join(syns) + " |", "|---|" + "---|" * len(syns)]
+    for i, name in enumerate(names):
+        out.append(f"| {name} | " + " | ".join(c[i] for c in cols) + " |")
     return "\n".join(out)
 
 
@@ -283,7 +295,7 @@ def main():
             "",
         ]
     md += ["### Memory, discovery, failover", "", render(single_rows), "", "### Targets (issue 5)", "",
-           targets(data), "", "![benchmark plot](benchmarks.png)", ""]
+           targets(data, syn), "", "![benchmark plot](benchmarks.png)", ""]
     target = os.path.join(out_dir, "benchmarks.md")
     notes = ""
     if os.path.exists(target):

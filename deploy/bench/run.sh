@@ -227,13 +227,27 @@ fi
 sleep 1
 
 # --- memory ------------------------------------------------------------------------------------
-result rss_idle_mb synapse 1 "$(rss_mb "$SYN_PID")"
+# Per synapse build: its PID and its service ports.
+SYNS=(synapse)
+declare -A SPID=([synapse]=$SYN_PID) SHOLD=([synapse]=$S_HOLD) SFO=([synapse]=$S_FO) SPROBE=([synapse]=$S_PROBE)
+if [ -n "$SYNAPSE_ALT_BIN" ]; then
+  SYNS+=("$SYNAPSE_ALT_NAME")
+  SPID[$SYNAPSE_ALT_NAME]=$ALT_PID
+  SHOLD[$SYNAPSE_ALT_NAME]=$A_HOLD
+  SFO[$SYNAPSE_ALT_NAME]=$A_FO
+  SPROBE[$SYNAPSE_ALT_NAME]=$A_PROBE
+fi
 result rss_idle_mb haproxy 1 "$(rss_mb "$HAP_PID")"
-log "idle RSS: synapse $(rss_mb "$SYN_PID") MB, haproxy $(rss_mb "$HAP_PID") MB"
+for s in "${SYNS[@]}"; do
+  result rss_idle_mb "$s" 1 "$(rss_mb "${SPID[$s]}")"
+  log "idle RSS: $s $(rss_mb "${SPID[$s]}") MB, haproxy $(rss_mb "$HAP_PID") MB"
+done
 "$BENCH_BIN" register --etcd "http://127.0.0.1:$ETCD_PORT" --service bulk --count 1000 >"$BASE/register.log"
 sleep 2
-result rss_1k_backends_mb synapse 1 "$(rss_mb "$SYN_PID")"
-log "RSS with 1000 registered backends: synapse $(rss_mb "$SYN_PID") MB"
+for s in "${SYNS[@]}"; do
+  result rss_1k_backends_mb "$s" 1 "$(rss_mb "${SPID[$s]}")"
+  log "RSS with 1000 registered backends: $s $(rss_mb "${SPID[$s]}") MB"
+done
 
 hold_rss() { # PATH VIA_PORT PID
   local out=$BASE/hold-$1.log before
@@ -263,7 +277,7 @@ hold_rss() { # PATH VIA_PORT PID
   wait "$h" 2>/dev/null || true
 }
 start sink "$BENCH_BIN" sink --listen "127.0.0.1:$HOLD_PORT" --max-secs 900
-hold_rss synapse "$S_HOLD" "$SYN_PID"
+for s in "${SYNS[@]}"; do hold_rss "$s" "${SHOLD[$s]}" "${SPID[$s]}"; done
 hold_rss haproxy "$H_HOLD" "$HAP_PID"
 sleep 2
 
@@ -342,15 +356,17 @@ if [ "$RELAY" = 1 ]; then
 fi
 
 # --- registration -> routable ------------------------------------------------------------------
-log "registration -> routable and removal -> unroutable through synapse, $REGS times"
-"$BENCH_BIN" probe --etcd "http://127.0.0.1:$ETCD_PORT" --service probe --via "127.0.0.1:$S_PROBE" \
-  --count "$REGS" --max-secs 180 >"$BASE/probe.log" 2>&1 || log "probe failed: $(tail -n 3 "$BASE/probe.log")"
-while IFS='=' read -r k v; do
-  case $k in reg_p50_ms|reg_p99_ms|rem_p50_ms|rem_p99_ms|reg_miss|rem_miss|etcd_rtt_p50_ms|etcd_rtt_p99_ms|reg_n)
-    result "$k" synapse 1 "$v" ;;
-  esac
-done <"$BASE/probe.log"
-log "probe: $(tr '\n' ' ' <"$BASE/probe.log")"
+log "registration -> routable and removal -> unroutable through ${SYNS[*]}, $REGS times each"
+for s in "${SYNS[@]}"; do
+  "$BENCH_BIN" probe --etcd "http://127.0.0.1:$ETCD_PORT" --service probe --via "127.0.0.1:${SPROBE[$s]}" \
+    --count "$REGS" --max-secs 150 >"$BASE/probe-$s.log" 2>&1 || log "probe failed: $(tail -n 3 "$BASE/probe-$s.log")"
+  while IFS='=' read -r k v; do
+    case $k in reg_p50_ms|reg_p99_ms|rem_p50_ms|rem_p99_ms|reg_miss|rem_miss|etcd_rtt_p50_ms|etcd_rtt_p99_ms|reg_n)
+      result "$k" "$s" 1 "$v" ;;
+    esac
+  done <"$BASE/probe-$s.log"
+  log "probe $s: $(tr '\n' ' ' <"$BASE/probe-$s.log")"
+done
 
 # --- failover: one of two backends killed -9 under new-connection load -------------------------
 failover() { # PATH PORT
@@ -370,7 +386,7 @@ failover() { # PATH PORT
   FO_A_PID=$LAST_PID
 }
 failover haproxy "$H_FO"
-failover synapse "$S_FO"
+for s in "${SYNS[@]}"; do failover "$s" "${SFO[$s]}"; done
 
 # --- report ------------------------------------------------------------------------------------
 {

@@ -1,10 +1,12 @@
 //! One direction of a relay (`src` -> `dst`): moves bursts with the chosen strategy until
-//! `src` sends FIN, then shuts down the write side of `dst` (propagating the half-close)
-//! and returns the bytes moved.
+//! `src` sends FIN, then shuts down the write side of `dst` (propagating the half-close,
+//! unless the other direction has ended too and the coming close does it) and returns the
+//! bytes moved.
 #![forbid(unsafe_code)]
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpStream;
 
@@ -23,6 +25,7 @@ pub(crate) async fn run(
     dst: &TcpStream,
     options: &RelayOptions,
     activity: &Activity,
+    one_done: &AtomicBool,
 ) -> io::Result<u64> {
     let size = options.effective_buffer_size();
     let mut splice_ok = options.strategy != Strategy::Buffered && splice_available();
@@ -69,7 +72,12 @@ pub(crate) async fn run(
             },
         }
     }
-    shutdown_write(dst)?;
+    // The first direction to end passes the half-close on. When the other one has already
+    // ended, both sockets are fully read and the relay is about to drop them: that close
+    // sends the FIN, so the `shutdown` call is skipped.
+    if !one_done.swap(true, Ordering::AcqRel) {
+        shutdown_write(dst)?;
+    }
     Ok(bytes)
 }
 

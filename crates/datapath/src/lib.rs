@@ -126,9 +126,10 @@ pub async fn relay_with(
     options: &RelayOptions,
 ) -> io::Result<RelayStats> {
     let activity = activity::Activity::new(options.idle_timeout);
+    let one_done = std::sync::atomic::AtomicBool::new(false);
     let result = {
-        let up = direction::run(&client, &upstream, options, &activity);
-        let down = direction::run(&upstream, &client, options, &activity);
+        let up = direction::run(&client, &upstream, options, &activity, &one_done);
+        let down = direction::run(&upstream, &client, options, &activity, &one_done);
         let both = async { tokio::try_join!(up, down) };
         match options.idle_timeout {
             None => both.await,
