@@ -107,7 +107,7 @@ pub(crate) async fn burst(
     activity: &Activity,
     bytes: &mut u64,
 ) -> io::Result<Burst> {
-    src.readable().await?;
+    crate::readable(src).await?;
     let mut buf = PooledBuf::take(size);
     loop {
         let (n, drained) = match read_hinted(src, &mut buf) {
@@ -159,7 +159,7 @@ pub(crate) async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => crate::writable(dst).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -5,7 +5,7 @@
 //! over borrowed descriptors (`AsFd`), so this module carries no `unsafe` of its own and
 //! forbids it. Both ends are non-blocking: the sockets are (tokio sets `O_NONBLOCK`), the
 //! pipe is created with `O_NONBLOCK` and every call passes `SPLICE_F_NONBLOCK`. Readiness
-//! comes from tokio (`readable()/writable()` + `try_io`).
+//! comes from tokio (`poll_read_ready()/poll_write_ready()` + `try_io`).
 //!
 //! The pipe is only filled when it is empty. That keeps `EAGAIN` unambiguous: when
 //! splicing *into an empty pipe* fails with `EAGAIN`, the socket has no data (a partly
@@ -177,7 +177,7 @@ pub(crate) async fn burst(
     activity: &Activity,
     bytes: &mut u64,
 ) -> io::Result<SpliceBurst> {
-    src.readable().await?;
+    crate::readable(src).await?;
     let mut pipe = match PooledPipe::take(pipe_size) {
         Ok(p) => p,
         // Out of descriptors or pipe memory: this burst uses buffers, later ones retry.
@@ -217,7 +217,7 @@ pub(crate) async fn burst(
             match drained {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => pipe.pending -= m.min(pipe.pending),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => crate::writable(dst).await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_unsupported(&e) => {
                     rescue(&mut pipe, dst).await?;
