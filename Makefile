@@ -1,6 +1,8 @@
 # The two commands a new machine needs are `make demo` and `make test`; both install what
 # is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client).
 CARGO ?= cargo
+SHELL := /bin/bash
+TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
 
 .PHONY: deps build test lint demo bench
 
@@ -10,9 +12,11 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins
 
-# The end-to-end tests run the real binaries, so they are built first.
+# The end-to-end tests run the real binaries, so they are built first. The last line sums
+# every test binary's result (cargo's own last line is that of an empty doc-test run).
 test: build
-	$(CARGO) test --workspace
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee $(TEST_LOG)
+	@awk '/^test result:/ {p+=$$4; f+=$$6} END {printf "%d passed, %d failed\n", p, f}' $(TEST_LOG)
 
 lint: deps
 	$(CARGO) fmt --all -- --check
