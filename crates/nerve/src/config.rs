@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use registry::config::ListenAddr;
 use registry::config::{ConfigError, FieldError, Validate};
 use registry::{ConfigDuration, EtcdConfig, InstanceRecord};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -28,7 +28,7 @@ pub struct NerveConfig {
     pub reconcile_interval: ConfigDuration,
     /// Address of the admin HTTP server; none when absent.
     #[serde(default)]
-    pub admin: Option<AdminAddr>,
+    pub admin: Option<ListenAddr>,
     /// Time to wait after deregistering on SIGTERM/SIGINT before exiting.
     #[serde(default)]
     pub shutdown_delay: Option<ConfigDuration>,
@@ -222,44 +222,6 @@ impl<'de> Deserialize<'de> for StatusSet {
 impl Serialize for StatusSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
-    }
-}
-
-/// The admin listen address: `127.0.0.1:8500`, `[::1]:8500`, or just a port (loopback).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminAddr(pub SocketAddr);
-
-impl<'de> Deserialize<'de> for AdminAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = AdminAddr;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an address like \"127.0.0.1:8500\" or a port")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<AdminAddr, E> {
-                u16::try_from(v)
-                    .map(|p| AdminAddr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)))
-                    .map_err(|_| E::custom(format!("{v} is not a port")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<AdminAddr, E> {
-                if let Ok(port) = v.parse::<u16>() {
-                    return self.visit_u64(port.into());
-                }
-                v.parse().map(AdminAddr).map_err(|_| {
-                    E::custom(format!(
-                        "{v:?} is not an address like \"127.0.0.1:8500\" (a host name is not allowed)"
-                    ))
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl Serialize for AdminAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
     }
 }
 
@@ -564,7 +526,7 @@ services:
       - {type: exec, command: [/bin/true], timeout: 2s}
       - {type: tcp, port: 9090}
 "#);
-        assert_eq!(c.admin, Some(AdminAddr("127.0.0.1:8500".parse().unwrap())));
+        assert_eq!(c.admin, Some(ListenAddr("127.0.0.1:8500".parse().unwrap())));
         let CheckConfig::Http(h) = &c.services[0].checks[0] else {
             panic!()
         };
@@ -578,7 +540,7 @@ services:
     #[test]
     fn admin_may_be_a_port_alone() {
         let c = ok(&format!("{MINIMAL}admin: 8500\n"));
-        assert_eq!(c.admin, Some(AdminAddr("127.0.0.1:8500".parse().unwrap())));
+        assert_eq!(c.admin, Some(ListenAddr("127.0.0.1:8500".parse().unwrap())));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! YAML (or JSON) file so that every error names the file and the key.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -159,6 +160,58 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 }
 
 impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A listen address (synapse's service ports, both admin APIs): `IP:PORT`, or a bare
+/// `PORT` meaning 127.0.0.1, written as a string or a number. Host names are not accepted:
+/// a listener binds an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(ListenAddr(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+            )));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr).map_err(|_| {
+            format!("{s:?} is not an address like \"127.0.0.1:3000\" (or a bare port for loopback)")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A bare port is written as a number in YAML; accept both spellings.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Port(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Port(p) => u16::try_from(p)
+                .map_err(|_| serde::de::Error::custom(format!("port {p} is out of range")))
+                .and_then(|p| p.to_string().parse().map_err(serde::de::Error::custom)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
@@ -366,6 +419,22 @@ mod tests {
         }
         assert_eq!(ConfigDuration::from_millis(1500).to_string(), "1500ms");
         assert_eq!(ConfigDuration::from_secs(2).to_string(), "2s");
+    }
+
+    #[test]
+    fn listen_addresses_take_an_address_or_a_bare_port() {
+        #[derive(Deserialize)]
+        struct L {
+            listen: ListenAddr,
+        }
+        let parse = |text: &str| serde_norway::from_str::<L>(text).map(|l| l.listen.0.to_string());
+        assert_eq!(parse("listen: 127.0.0.2:3000").unwrap(), "127.0.0.2:3000");
+        assert_eq!(parse("listen: 3000").unwrap(), "127.0.0.1:3000");
+        assert_eq!(parse("listen: \"3000\"").unwrap(), "127.0.0.1:3000");
+        assert_eq!(parse("listen: \"[::1]:3000\"").unwrap(), "[::1]:3000");
+        for bad in ["listen: 70000", "listen: localhost:3000", "listen: \"\""] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

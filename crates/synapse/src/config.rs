@@ -5,13 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use registry::config::ListenAddr;
 use registry::config::{ConfigError, FieldError, Validate};
 use registry::{ConfigDuration, EtcdConfig};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -110,56 +111,6 @@ impl fmt::Display for Balance {
             Balance::LeastConn => "least_conn",
             Balance::Random => "random",
         })
-    }
-}
-
-/// A listen address: `IP:PORT`, or a bare `PORT` meaning 127.0.0.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ListenAddr(pub SocketAddr);
-
-impl std::str::FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Ok(port) = s.parse::<u16>() {
-            return Ok(ListenAddr(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                port,
-            )));
-        }
-        s.parse::<SocketAddr>().map(ListenAddr).map_err(|_| {
-            format!("{s:?} is not an address like \"127.0.0.1:3000\" (or a bare port for loopback)")
-        })
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<'de> Deserialize<'de> for ListenAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A bare port is written as a number in YAML; accept both spellings.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Port(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Port(p) => u16::try_from(p)
-                .map_err(|_| serde::de::Error::custom(format!("port {p} is out of range")))
-                .and_then(|p| p.to_string().parse().map_err(serde::de::Error::custom)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl Serialize for ListenAddr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
