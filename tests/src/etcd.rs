@@ -80,6 +80,23 @@ impl EtcdServer {
         self.cluster.etcdctl(args)
     }
 
+    /// The current revision of the store.
+    pub fn revision(&self) -> i64 {
+        let status = self.etcdctl(&["endpoint", "status", "--write-out", "json"]);
+        status
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {status}"))
+    }
+
+    /// Compacts the whole history up to the current revision, so a watch from any earlier
+    /// revision is cancelled with `compact_revision`.
+    pub fn compact(&self) {
+        self.etcdctl(&["compaction", &self.revision().to_string()]);
+    }
+
     pub fn cluster(&self) -> &EtcdCluster {
         &self.cluster
     }

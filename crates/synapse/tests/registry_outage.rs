@@ -130,14 +130,7 @@ async fn a_partition_with_restart_and_compaction_resyncs_to_the_new_set() {
     for i in 0..20 {
         register(&etcd, "churn", &i.to_string(), 1);
     }
-    let status = etcd.etcdctl(&["endpoint", "status", "--write-out", "json"]);
-    let revision = status
-        .split("\"revision\":")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or_else(|| panic!("no revision in {status}"))
-        .to_owned();
-    etcd.etcdctl(&["compaction", &revision]);
+    etcd.compact();
     assert_all_served(addr, 20, &["a", "b"]).await;
 
     link.heal();
