@@ -184,19 +184,19 @@ def targets(data, syns):
 
 def plot(data, paths, out_dir):
     dat = os.path.join(out_dir, "bench-raw", "plot.dat")
-    cols = ["keepalive_rps", "newconn_rps", "bulk1_gbps", "bulk8_gbps", "keepalive_p99_ms", "newconn_p99_ms"]
+    cols = ["keepalive_rps", "newconn_rps", "bulk1_gbps", "bulk8_gbps", "keepalive_p99_ms", "bulk1_cpu_s_per_gb"]
     with open(dat, "w") as f:
         for p in paths:
             vals = [med(data, c, p) for c in cols]
             f.write('"%s" %s\n' % (p, " ".join("%.4f" % v if v is not None else "0" for v in vals)))
     titles = ["keepalive HTTP (req/s, higher is better)", "new connection per request (req/s)",
               "bulk, 1 stream (Gb/s)", "bulk, 8 streams (Gb/s)", "keepalive p99 (ms, lower is better)",
-              "new connection p99 (ms)"]
+              "bulk: proxy CPU seconds per GB (lower is better)"]
     png = os.path.join(out_dir, "benchmarks.png")
     script = [
         "set terminal pngcairo size 1500,900 font ',10'" if has_cairo() else "set terminal png size 1500,900",
         f"set output '{png}'",
-        "set multiplot layout 2,3 title 'smartstack-rs make bench: medians, loopback, same machine, same run'",
+        "set multiplot layout 2,3 title 'smartstack-rs make bench: medians; left of the gap: proxies; right: relay strategies alone (own rotation)'",
         "set style fill solid 0.7 border -1",
         "set boxwidth 0.7",
         "set yrange [0:*]",
@@ -231,16 +231,19 @@ def main():
             if "=" in line:
                 k, v = line.rstrip("\n").split("=", 1)
                 meta[k] = v
-    proxies = [p for p in paths if not p.startswith("relay:")]
+    order = {"direct": 0, "haproxy": 1}
+    proxies = sorted((p for p in paths if not p.startswith("relay:")), key=lambda p: (order.get(p, 2), paths.index(p)))
     relays = [p for p in paths if p.startswith("relay:")]
+    relays = sorted(relays, key=lambda p: (p != "relay:haproxy", paths.index(p)))
     syn = [p for p in proxies if p.startswith("synapse")]
     ratios = [(s, "haproxy") for s in syn] + [(s, "direct") for s in syn] + [("haproxy", "direct")]
     main_rows = table(data, proxies, ratios)
     relay_rows = None
     if relays:
         base = "relay:tokio"
-        rr = [(p, base) for p in relays if p != base] + [(p, "haproxy") for p in relays]
-        relay_rows = table(data, ["haproxy"] + relays, rr)
+        dp = [p for p in relays if p not in (base, "relay:haproxy")]
+        rr = [(p, base) for p in dp] + [(p, "relay:haproxy") for p in ("relay:auto", base) if p in relays]
+        relay_rows = table(data, relays, rr)
     single_cols = [p for p in ["haproxy"] + syn if any((m, p) in data for m in SINGLE)]
     single_rows = [["figure"] + single_cols, ["---"] * (1 + len(single_cols))]
     for m, label in SINGLE.items():
@@ -288,8 +291,10 @@ def main():
         md += [
             "### The relay alone (`smartstack-bench relay`: accept, connect, relay; no discovery)",
             "",
-            "`relay:tokio` is `tokio::io::copy_bidirectional`; the others are `datapath::relay_with` "
-            "with `Strategy::Buffered`, `Splice` and `Auto` (the default).",
+            "A separate rotation (its own time window, so compare within this table only): "
+            "`relay:haproxy` is the same HAProxy again, `relay:tokio` is `tokio::io::copy_bidirectional`, "
+            "the others are `datapath::relay_with` with `Strategy::Buffered`, `Splice` and `Auto` "
+            "(the default). Same runtime (2 workers) and socket options for all four.",
             "",
             render(relay_rows),
             "",

@@ -351,8 +351,13 @@ if [ "$RELAY" = 1 ]; then
     RPATHS+=("relay:$s")
     i=$((i + 1))
   done
-  log "relay strategies alone: ${RPATHS[*]}"
-  run_suite "${RPATHS[@]}"
+  # HAProxy again, in this rotation, so the strategies have a reference from the same window.
+  WEB[relay:haproxy]=$H_WEB
+  IPERF[relay:haproxy]=$H_IPERF
+  PID_WEB[relay:haproxy]=$HAP_PID
+  PID_IPERF[relay:haproxy]=$HAP_PID
+  log "relay strategies alone: relay:haproxy ${RPATHS[*]}"
+  run_suite relay:haproxy "${RPATHS[@]}"
 fi
 
 # --- registration -> routable ------------------------------------------------------------------
