@@ -10,7 +10,8 @@
 //!   that every pick would contend on);
 //! - random is weighted random.
 //!
-//! Nothing here locks, allocates more than the pool, or does I/O, which is what makes it
+//! Nothing here locks, allocates more than the pool (none with [`pick_in`] and a reused
+//! buffer), or does I/O, which is what makes it
 //! testable with properties and cheap on the accept path.
 
 use rand::Rng;
@@ -77,6 +78,20 @@ pub fn schedule(weights: &[u32]) -> Vec<usize> {
 /// ones, else (panic: everything looks dead) ejected ones too. Empty only when every
 /// backend with a weight has been tried.
 pub fn pool(candidates: &[Candidate], tried: &[usize], zone: Option<ZoneAffinity>) -> Vec<usize> {
+    let mut out = Vec::new();
+    pool_into(candidates, tried, zone, &mut out);
+    out
+}
+
+/// [`pool`] into a caller's buffer (cleared first), so that the accept path can reuse one
+/// buffer instead of allocating per pick.
+pub fn pool_into(
+    candidates: &[Candidate],
+    tried: &[usize],
+    zone: Option<ZoneAffinity>,
+    out: &mut Vec<usize>,
+) {
+    out.clear();
     let open = |i: &usize| candidates[*i].weight > 0 && !tried.contains(i);
     let healthy = |i: &usize| !candidates[*i].ejected;
     if let Some(zone) = zone {
@@ -87,21 +102,19 @@ pub fn pool(candidates: &[Candidate], tried: &[usize], zone: Option<ZoneAffinity
             .filter(|c| c.local && !c.ejected && c.weight > 0)
             .count();
         if local_healthy as u64 >= u64::from(zone.min_local.max(1)) {
-            let local: Vec<usize> = (0..candidates.len())
-                .filter(|i| open(i) && healthy(i) && candidates[*i].local)
-                .collect();
-            if !local.is_empty() {
-                return local;
+            out.extend(
+                (0..candidates.len()).filter(|i| open(i) && healthy(i) && candidates[*i].local),
+            );
+            if !out.is_empty() {
+                return;
             }
         }
     }
-    let healthy: Vec<usize> = (0..candidates.len())
-        .filter(|i| open(i) && healthy(i))
-        .collect();
-    if !healthy.is_empty() {
-        return healthy;
+    out.extend((0..candidates.len()).filter(|i| open(i) && healthy(i)));
+    if !out.is_empty() {
+        return;
     }
-    (0..candidates.len()).filter(open).collect()
+    out.extend((0..candidates.len()).filter(open));
 }
 
 /// Round robin: takes schedule positions from `next_position` until one names a backend in
@@ -186,11 +199,36 @@ pub fn pick<R: Rng>(
     next_position: impl FnMut() -> usize,
     rng: &mut R,
 ) -> Option<usize> {
-    let pool = pool(candidates, tried, zone);
+    let mut pool = Vec::new();
+    pick_in(
+        policy,
+        candidates,
+        tried,
+        zone,
+        schedule,
+        next_position,
+        rng,
+        &mut pool,
+    )
+}
+
+/// [`pick`] with the pool built in a caller's buffer (see [`pool_into`]).
+#[allow(clippy::too_many_arguments)]
+pub fn pick_in<R: Rng>(
+    policy: Balance,
+    candidates: &[Candidate],
+    tried: &[usize],
+    zone: Option<ZoneAffinity>,
+    schedule: &[usize],
+    next_position: impl FnMut() -> usize,
+    rng: &mut R,
+    pool: &mut Vec<usize>,
+) -> Option<usize> {
+    pool_into(candidates, tried, zone, pool);
     match policy {
-        Balance::RoundRobin => pick_round_robin(schedule, &pool, next_position),
-        Balance::LeastConn => pick_least_conn(candidates, &pool, rng),
-        Balance::Random => pick_random(candidates, &pool, rng),
+        Balance::RoundRobin => pick_round_robin(schedule, pool, next_position),
+        Balance::LeastConn => pick_least_conn(candidates, pool, rng),
+        Balance::Random => pick_random(candidates, pool, rng),
     }
 }
 

@@ -5,17 +5,21 @@
 //! no backend could be reached within `retries` further attempts. Connect failures feed
 //! passive outlier ejection; successes end it early.
 
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::backends::{self, BackendSet, EjectionPolicy, Stats};
 use crate::balance::{self, Candidate, ZoneAffinity};
-use crate::config::ServiceConfig;
+use crate::config::{Balance, ServiceConfig};
 use crate::copy;
+use crate::quiet;
 use crate::service::Shared;
 
 /// Keepalive on both legs, so that a peer that vanished (host down, partition) is noticed
@@ -27,8 +31,12 @@ const KEEPALIVE: TcpKeepalive = TcpKeepalive::new()
 
 /// NODELAY because synapse adds a hop: Nagle's delay on top of the app's own buffering
 /// would add latency to every small request.
-pub fn tune(stream: &TcpStream) {
-    let socket = SockRef::from(stream);
+///
+/// Five `setsockopt` calls. The client leg does not pay them per connection: they are set
+/// once on the listening socket, and Linux copies them into every accepted
+/// socket; elsewhere `serve` sets them on the accepted socket too.
+pub fn tune<'s>(socket: impl Into<SockRef<'s>>) {
+    let socket = socket.into();
     if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
@@ -36,6 +44,27 @@ pub fn tune(stream: &TcpStream) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
+
+/// A service listener with the client leg's socket options set before `listen`, so that
+/// every connection it accepts, the very first included, inherits them (Linux).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // What TcpListener::bind does: a restarted synapse must not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    tune(&socket);
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// tokio's own default for `TcpListener::bind`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Whether accepted sockets inherit the listener's NODELAY and keepalive options.
+const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 
 /// Counts a live connection on a backend for as long as it is held.
 struct ActiveGuard(Arc<Stats>);
@@ -54,68 +83,112 @@ pub fn ejection_policy(config: &ServiceConfig) -> EjectionPolicy {
     }
 }
 
-fn candidates(set: &BackendSet, zone: Option<&str>, now: u64) -> Vec<Candidate> {
-    set.active
-        .iter()
-        .map(|b| Candidate {
-            weight: b.spec.weight,
-            ejected: b.stats.is_ejected(now),
-            active: b.stats.active(),
-            local: zone.is_some() && b.spec.zone.as_deref() == zone,
-        })
-        .collect()
+fn candidates_into(set: &BackendSet, zone: Option<&str>, now: u64, out: &mut Vec<Candidate>) {
+    out.clear();
+    out.extend(set.active.iter().map(|b| Candidate {
+        weight: b.spec.weight,
+        ejected: b.stats.is_ejected(now),
+        active: b.stats.active(),
+        local: zone.is_some() && b.spec.zone.as_deref() == zone,
+    }));
 }
 
-/// Serves one accepted client connection to its end.
-pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
-    tune(&client);
-    if !shared.wait_until_known().await {
-        shared.note_unserved("no backend set known yet");
-        return;
-    }
-    let config = shared.config.load_full();
-    let set = shared.set.load_full();
-    let zone = shared.zone.load_full();
-    let affinity = zone.as_ref().as_ref().map(|_| ZoneAffinity {
-        min_local: config.min_zone_backends,
-    });
-    let policy = ejection_policy(&config);
-    let mut tried: Vec<usize> = Vec::new();
-    let connected = loop {
-        if tried.len() > config.retries as usize {
-            break None;
-        }
-        let now = backends::now_ms();
-        let cands = candidates(&set, zone.as_deref(), now);
-        let Some(i) = balance::pick(
-            config.balance,
-            &cands,
-            &tried,
-            affinity,
+/// Buffers for one pick, reused by every pick on the thread: a pick runs between awaits,
+/// so a thread's buffers are never in use twice at once.
+#[derive(Default)]
+struct PickScratch {
+    candidates: Vec<Candidate>,
+    pool: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<PickScratch> = RefCell::default();
+}
+
+/// What a connection needs from the service's configuration, copied out so that no
+/// reference count of the shared config is touched per connection.
+#[derive(Clone, Copy)]
+struct Knobs {
+    balance: Balance,
+    retries: u32,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    affinity: Option<ZoneAffinity>,
+    policy: EjectionPolicy,
+}
+
+/// Chooses a backend among those not `tried` yet.
+fn pick(shared: &Shared, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Option<usize> {
+    let zone = shared.zone.load();
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let PickScratch { candidates, pool } = &mut *scratch;
+        candidates_into(set, zone.as_deref(), backends::now_ms(), candidates);
+        balance::pick_in(
+            knobs.balance,
+            candidates,
+            tried,
+            knobs.affinity,
             &set.schedule,
             || shared.cursor.fetch_add(1, Ordering::Relaxed),
             // Made per pick: a thread's generator must not live across an await.
             &mut rand::rng(),
-        ) else {
+            pool,
+        )
+    })
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
+    if !ACCEPTED_INHERIT_OPTIONS {
+        tune(&client);
+    }
+    if !shared.wait_until_known().await {
+        shared.note_unserved("no backend set known yet");
+        return;
+    }
+    let knobs = {
+        let config = shared.config.load();
+        Knobs {
+            balance: config.balance,
+            retries: config.retries,
+            connect_timeout: config.connect_timeout.get(),
+            idle_timeout: config.idle_timeout.map(|t| t.get()),
+            affinity: shared.zone.load().as_ref().as_ref().map(|_| ZoneAffinity {
+                min_local: config.min_zone_backends,
+            }),
+            policy: ejection_policy(&config),
+        }
+    };
+    // Held across the connect awaits (a failure is judged against this set), so a full
+    // reference rather than a guard.
+    let set = shared.set.load_full();
+    // Backends tried and failed; no allocation unless a connect fails.
+    let mut tried: Vec<usize> = Vec::new();
+    let connected = loop {
+        if tried.len() > knobs.retries as usize {
+            break None;
+        }
+        let Some(i) = pick(&shared, &set, &knobs, &tried) else {
             break None;
         };
-        tried.push(i);
         let backend = &set.active[i];
         let attempt = tokio::time::timeout(
-            config.connect_timeout.get(),
+            knobs.connect_timeout,
             TcpStream::connect((backend.spec.host.as_str(), backend.spec.port)),
         )
         .await;
         match attempt {
             Ok(Ok(stream)) => {
-                if backends::record_success(&backend.stats, policy, backends::now_ms()) {
+                if backends::record_success(&backend.stats, knobs.policy, backends::now_ms()) {
                     tracing::info!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), "backend restored: a connection succeeded");
                 }
                 break Some((stream, backend.stats.clone()));
             }
-            Ok(Err(e)) => shared.connect_failed(&set, backend, policy, &e.to_string()),
-            Err(_) => shared.connect_failed(&set, backend, policy, "connect timed out"),
+            Ok(Err(e)) => shared.connect_failed(&set, backend, knobs.policy, &e.to_string()),
+            Err(_) => shared.connect_failed(&set, backend, knobs.policy, "connect timed out"),
         }
+        tried.push(i);
     };
     let Some((upstream, stats)) = connected else {
         shared.note_unserved(if set.active.is_empty() {
@@ -125,19 +198,23 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
         });
         return;
     };
+    drop(set);
     tune(&upstream);
     stats.active.fetch_add(1, Ordering::Relaxed);
     stats.total.fetch_add(1, Ordering::Relaxed);
-    let _guard = ActiveGuard(stats.clone());
     let drain = stats.drain.load_full();
-    let ended = tokio::select! {
-        ended = copy::relay(client, upstream, config.idle_timeout.map(|t| t.get())) => ended,
-        _ = drain.cancelled() => {
-            tracing::debug!(service = %shared.name, "connection cut: its backend drained for drain_timeout");
-            return;
+    let _guard = ActiveGuard(stats);
+    // Polled only when a token fires, not on every message the relay wakes up for.
+    let cut = quiet::polled_when_woken(async {
+        tokio::select! {
+            _ = drain.cancelled() => "connection cut: its backend drained for drain_timeout",
+            _ = shared.cut.cancelled() => "connection cut at the end of the shutdown timeout",
         }
-        _ = shared.cut.cancelled() => {
-            tracing::debug!(service = %shared.name, "connection cut at the end of the shutdown timeout");
+    });
+    let ended = tokio::select! {
+        ended = copy::relay(client, upstream, knobs.idle_timeout) => ended,
+        why = cut => {
+            tracing::debug!(service = %shared.name, "{why}");
             return;
         }
     };
@@ -158,21 +235,45 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
 mod tests {
     use super::*;
 
+    fn assert_tuned(stream: &TcpStream) {
+        let socket = SockRef::from(stream);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+    }
+
+    /// The upstream leg: options set on the connected socket.
     #[tokio::test]
-    async fn both_legs_get_nodelay_and_keepalive() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn tune_sets_nodelay_and_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (client, (accepted, _)) = (client.unwrap(), accepted.unwrap());
         for stream in [&client, &accepted] {
             tune(stream);
-            let socket = SockRef::from(stream);
-            assert!(socket.tcp_nodelay().unwrap());
-            assert!(socket.keepalive().unwrap());
-            assert_eq!(
-                socket.tcp_keepalive_time().unwrap(),
-                Duration::from_secs(30)
-            );
+            assert_tuned(stream);
         }
+    }
+
+    /// The client leg: `serve` sets nothing on Linux, so the accepted socket must get every
+    /// option from the listener.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_client, (accepted, _)) = (client.unwrap(), accepted.unwrap());
+        if !ACCEPTED_INHERIT_OPTIONS {
+            tune(&accepted);
+        }
+        assert_tuned(&accepted);
     }
 }

@@ -12,7 +12,9 @@
 //! - [`service`]: a service at run time: listener, accept loop with backpressure, and the
 //!   follower that turns registry views (or the cache, or `default_servers`) into sets.
 //! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
-//! - [`copy`]: the byte relay itself (idle timeout included), alone so it can be swapped.
+//! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
+//! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
+//!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
 //! - [`cache`]: the cache file of last known backends, written atomically.
 //! - [`reload`]: the pure diff between two configurations that drives a SIGHUP reload.
 //! - [`admin`]: the loopback HTTP status server.
@@ -32,6 +34,7 @@ pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod forward;
+pub mod quiet;
 pub mod reload;
 pub mod service;
 
@@ -95,7 +98,7 @@ fn discovery_options(etcd: &Etcd) -> DiscoveryOptions {
 }
 
 async fn bind(service: &ServiceConfig) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(service.listen.0).await.with_context(|| {
+    forward::listen(service.listen.0).with_context(|| {
         format!(
             "service {:?}: cannot listen on {}",
             service.name, service.listen

@@ -446,10 +446,13 @@ async fn accept_loop(
     connections: TaskTracker,
 ) {
     let mut last_error_warned = 0u64;
+    // Polled only once the token fires, not on every accept (two mutexes per poll).
+    let stopped = crate::quiet::polled_when_woken(stop.cancelled());
+    tokio::pin!(stopped);
     loop {
         let permit = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             permit = shared.limiter.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
@@ -457,7 +460,7 @@ async fn accept_loop(
         };
         let accepted = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
