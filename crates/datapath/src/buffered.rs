@@ -127,6 +127,8 @@ pub(crate) async fn burst(
         if bulk_switch && n == buf.len() {
             return Ok(Burst::Bulk);
         }
+        // A stream that never runs dry must still let the worker's other tasks run.
+        tokio::task::consume_budget().await;
     }
 }
 

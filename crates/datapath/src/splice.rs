@@ -232,6 +232,8 @@ pub(crate) async fn burst(
         crate::count_spliced(n as u64);
         moved += n as u64;
         activity.touch();
+        // A stream that never runs dry must still let the worker's other tasks run.
+        tokio::task::consume_budget().await;
     }
 }
 
