@@ -205,12 +205,13 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
     let drain = stats.drain.load_full();
     let _guard = ActiveGuard(stats);
     // Polled only when a token fires, not on every message the relay wakes up for.
-    let cut = quiet::polled_when_woken(async {
+    let cut = std::pin::pin!(async {
         tokio::select! {
             _ = drain.cancelled() => "connection cut: its backend drained for drain_timeout",
             _ = shared.cut.cancelled() => "connection cut at the end of the shutdown timeout",
         }
     });
+    let cut = quiet::polled_when_woken(cut);
     let ended = tokio::select! {
         ended = copy::relay(client, upstream, knobs.idle_timeout) => ended,
         why = cut => {

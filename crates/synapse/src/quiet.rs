@@ -8,6 +8,7 @@
 //! every message relayed. Wrapped here, such a branch costs one atomic load per wake-up.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -37,31 +38,60 @@ impl Wake for Flag {
     }
 }
 
-/// Runs `fut` to completion, but polls it only on the first poll and after it woke the
-/// task itself; polls caused by anything else return `Pending` after one atomic load.
+/// Polls `fut` to completion, but only on the first poll and after it woke the task
+/// itself; polls caused by anything else return `Pending` after one atomic load.
+///
+/// Takes the future pinned by the caller rather than by value: an owned future would be
+/// stored twice in the caller's state machine (as the argument and as the pinned local),
+/// and that state is held for every live connection.
 ///
 /// Correct for any future that honours the waker contract (it returns `Pending` only after
 /// arranging for the waker it was given to be woken), which tokio's futures do.
-pub async fn polled_when_woken<F: Future>(fut: F) -> F::Output {
+pub fn polled_when_woken<F: Future + ?Sized>(fut: Pin<&mut F>) -> PolledWhenWoken<'_, F> {
     let flag = Arc::new(Flag::default());
-    let waker = Waker::from(flag.clone());
-    let mut task: Option<Waker> = None;
-    let mut first = true;
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(move |cx| {
+    PolledWhenWoken {
+        waker: Waker::from(flag.clone()),
+        flag,
+        fut,
+        task: None,
+        first: true,
+    }
+}
+
+/// See [`polled_when_woken`].
+pub struct PolledWhenWoken<'a, F: ?Sized> {
+    fut: Pin<&'a mut F>,
+    flag: Arc<Flag>,
+    /// Wakes `flag`; handed to `fut`.
+    waker: Waker,
+    /// The task's waker as last stored in `flag`.
+    task: Option<Waker>,
+    first: bool,
+}
+
+impl<F: Future + ?Sized> Future for PolledWhenWoken<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
         // A task's waker stays the same from poll to poll; the lock is taken only when it
         // changes (in practice once).
-        if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+        if !this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
             let current = cx.waker().clone();
-            *flag.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
-            task = Some(current);
+            *this
+                .flag
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
+            this.task = Some(current);
         }
-        if !std::mem::take(&mut first) && !flag.fired.swap(false, Ordering::AcqRel) {
+        if !std::mem::take(&mut this.first) && !this.flag.fired.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        fut.as_mut().poll(&mut Context::from_waker(&waker))
-    })
-    .await
+        this.fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
+    }
 }
 
 #[cfg(test)]
@@ -100,8 +130,8 @@ mod tests {
             ready: ready.clone(),
             waker: waker.clone(),
         };
-        let wrapped = polled_when_woken(probe);
-        tokio::pin!(wrapped);
+        tokio::pin!(probe);
+        let mut wrapped = polled_when_woken(probe);
         // A busy sibling branch: it wakes the task 100 times before the probe is ready.
         let mut ticks = 0;
         let noisy = std::future::poll_fn(|cx| {
@@ -134,10 +164,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             cancel.cancel();
         });
-        tokio::time::timeout(Duration::from_secs(5), polled_when_woken(token.cancelled()))
+        let cancelled = std::pin::pin!(token.cancelled());
+        tokio::time::timeout(Duration::from_secs(5), polled_when_woken(cancelled))
             .await
             .expect("cancellation seen");
         // Already cancelled: ready on the first poll.
-        polled_when_woken(token.cancelled()).await;
+        polled_when_woken(std::pin::pin!(token.cancelled())).await;
     }
 }

@@ -447,8 +447,8 @@ async fn accept_loop(
 ) {
     let mut last_error_warned = 0u64;
     // Polled only once the token fires, not on every accept (two mutexes per poll).
-    let stopped = crate::quiet::polled_when_woken(stop.cancelled());
-    tokio::pin!(stopped);
+    let stop = std::pin::pin!(stop.cancelled());
+    let mut stopped = crate::quiet::polled_when_woken(stop);
     loop {
         let permit = tokio::select! {
             biased;
