@@ -4,6 +4,12 @@
 //! The client only ever sees a failure (its connection closed with nothing sent) when
 //! no backend could be reached within `retries` further attempts. Connect failures feed
 //! passive outlier ejection; successes end it early.
+//!
+//! This is the per-connection cost of synapse on top of the relay, so it is kept lean: the
+//! client leg's socket options come from the listener ([`listen`]), a pick allocates
+//! nothing (per-thread scratch buffers), the configuration is read once through a guard,
+//! and the drain/shutdown branches next to the relay are polled only when they fire
+//! ([`crate::quiet`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -33,8 +39,8 @@ const KEEPALIVE: TcpKeepalive = TcpKeepalive::new()
 /// would add latency to every small request.
 ///
 /// Five `setsockopt` calls. The client leg does not pay them per connection: they are set
-/// once on the listening socket, and Linux copies them into every accepted
-/// socket; elsewhere `serve` sets them on the accepted socket too.
+/// once on the listening socket, and Linux copies them into every accepted socket;
+/// elsewhere `serve` sets them on the accepted socket too.
 pub fn tune<'s>(socket: impl Into<SockRef<'s>>) {
     let socket = socket.into();
     if let Err(e) = socket.set_tcp_nodelay(true) {
@@ -63,7 +69,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// tokio's own default for `TcpListener::bind`.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Whether accepted sockets inherit the listener's NODELAY and keepalive options.
+/// Whether accepted sockets inherit the listener's NODELAY and keepalive options: Linux
+/// clones the listener's TCP state into each accepted socket (a test below checks it);
+/// other systems differ, so there the options are set per connection.
 const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 
 /// Counts a live connection on a backend for as long as it is held.
