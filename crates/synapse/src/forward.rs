@@ -147,7 +147,7 @@ fn pick(shared: &Shared, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Op
 }
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
+pub async fn serve(shared: &Shared, client: TcpStream) {
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
@@ -177,7 +177,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream) {
         if tried.len() > knobs.retries as usize {
             break None;
         }
-        let Some(i) = pick(&shared, &set, &knobs, &tried) else {
+        let Some(i) = pick(shared, &set, &knobs, &tried) else {
             break None;
         };
         let backend = &set.active[i];

@@ -13,6 +13,7 @@
 //!   follower that turns registry views (or the cache, or `default_servers`) into sets.
 //! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
 //! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
+//! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
 //! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
 //!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
 //! - [`cache`]: the cache file of last known backends, written atomically.
@@ -34,6 +35,7 @@ pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod forward;
+pub mod limit;
 pub mod quiet;
 pub mod reload;
 pub mod service;

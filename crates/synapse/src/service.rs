@@ -6,14 +6,14 @@
 //! cache file or `default_servers`) waits for one, up to `startup_wait`, rather than fail:
 //! the startup window in which SmartStack's synapse answered 503s.
 //!
-//! Accepting takes a permit from a semaphore of `max_connections` first, so at the limit
+//! Accepting takes a slot of `max_connections` ([`crate::limit`]) first, so at the limit
 //! the accept loop simply waits and clients queue in the kernel's backlog (backpressure).
 //!
 //! Everything read on the accept path ([`Shared::config`], [`Shared::set`]) is an
 //! `ArcSwap`: a reload or a registry change swaps in a new value without blocking anyone.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use registry::discovery::{Discovery, Instances, ServiceView};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +31,7 @@ use crate::backends::{
 use crate::cache::CacheWriter;
 use crate::config::{DefaultServer, ServiceConfig};
 use crate::forward;
+use crate::limit::Limit;
 
 /// How often ejections are checked for expiry and idle draining backends forgotten.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
@@ -67,8 +68,7 @@ pub struct Shared {
     /// Serialises ejection decisions so that the ejection limit holds.
     ejection_lock: Mutex<()>,
     registry: Mutex<RegistryState>,
-    limiter: Arc<Semaphore>,
-    max_connections: AtomicU32,
+    limit: Limit,
     unserved: AtomicU64,
     unserved_warned: AtomicU64,
     recompute: Notify,
@@ -86,8 +86,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Shared {
             name: config.name.clone(),
-            limiter: Arc::new(Semaphore::new(config.max_connections as usize)),
-            max_connections: AtomicU32::new(config.max_connections),
+            limit: Limit::new(config.max_connections),
             config: ArcSwap::from_pointee(config),
             zone: ArcSwap::from_pointee(zone),
             set: ArcSwap::from_pointee(BackendSet::default()),
@@ -135,21 +134,7 @@ impl Shared {
 
     /// Installs a new configuration for the service (a reload that changed it in place).
     pub fn update_config(&self, config: ServiceConfig) {
-        let old = self
-            .max_connections
-            .swap(config.max_connections, Ordering::Relaxed);
-        let new = config.max_connections;
-        if new > old {
-            self.limiter.add_permits((new - old) as usize);
-        } else if new < old {
-            // Permits held by live connections come back as they close; take them then.
-            let limiter = self.limiter.clone();
-            tokio::spawn(async move {
-                if let Ok(permits) = limiter.acquire_many_owned(old - new).await {
-                    permits.forget();
-                }
-            });
-        }
+        self.limit.set_max(config.max_connections);
         self.config.store(Arc::new(config));
         self.recompute.notify_one();
     }
@@ -439,6 +424,15 @@ impl Drop for ServiceRuntime {
     }
 }
 
+/// A connection's slot of `max_connections`, given back when its task ends (or panics).
+struct HeldSlot(Arc<Shared>);
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.0.limit.release();
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -450,13 +444,10 @@ async fn accept_loop(
     let stop = std::pin::pin!(stop.cancelled());
     let mut stopped = crate::quiet::polled_when_woken(stop);
     loop {
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             biased;
             _ = &mut stopped => return,
-            permit = shared.limiter.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+            slot = shared.limit.take() => slot,
         };
         let accepted = tokio::select! {
             biased;
@@ -465,11 +456,9 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                let shared = shared.clone();
-                connections.spawn(async move {
-                    forward::serve(shared, stream).await;
-                    drop(permit);
-                });
+                slot.keep();
+                let held = HeldSlot(shared.clone());
+                connections.spawn(async move { forward::serve(&held.0, stream).await });
             }
             Err(e) => {
                 // Out of file descriptors and the like: retrying at once would spin.
