@@ -85,7 +85,11 @@ impl<F: Future + ?Sized> Future for PolledWhenWoken<'_, F> {
                 .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
             this.task = Some(current);
         }
-        if !std::mem::take(&mut this.first) && !this.flag.fired.swap(false, Ordering::AcqRel) {
+        // A plain load first: the common case (not fired) then costs no locked instruction.
+        let fired = || {
+            this.flag.fired.load(Ordering::Acquire) && this.flag.fired.swap(false, Ordering::AcqRel)
+        };
+        if !std::mem::take(&mut this.first) && !fired() {
             return Poll::Pending;
         }
         this.fut
