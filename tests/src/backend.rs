@@ -144,10 +144,13 @@ impl EchoConnection {
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
-        reader
+        let n = reader
             .read_line(&mut line)
             .await
             .map_err(|e| format!("read greeting: {e}"))?;
+        if n == 0 {
+            return Err(format!("{addr} closed the connection without a greeting"));
+        }
         Ok(EchoConnection {
             backend: line.trim_end().to_owned(),
             reader,

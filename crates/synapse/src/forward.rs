@@ -146,6 +146,18 @@ fn pick(shared: &Shared, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Op
     })
 }
 
+/// Whether a failed connect ran out of this host's resources (descriptors, memory, local
+/// ports) rather than reaching a backend that refused or did not answer.
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        matches!(
+            Errno::from_raw(code),
+            Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM | Errno::EADDRNOTAVAIL
+        )
+    })
+}
+
 /// Serves one accepted client connection to its end.
 pub async fn serve(shared: &Shared, client: TcpStream) {
     if !ACCEPTED_INHERIT_OPTIONS {
@@ -192,6 +204,12 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
                     tracing::info!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), "backend restored: a connection succeeded");
                 }
                 break Some((stream, backend.stats.clone()));
+            }
+            Ok(Err(e)) if is_local_exhaustion(&e) => {
+                // Our own limits, not the backend's fault: blaming it would eject healthy
+                // backends one after another while this process is out of descriptors.
+                shared.note_unserved(&format!("cannot open a connection: {e}"));
+                return;
             }
             Ok(Err(e)) => shared.connect_failed(&set, backend, knobs.policy, &e.to_string()),
             Err(_) => shared.connect_failed(&set, backend, knobs.policy, "connect timed out"),
@@ -243,6 +261,26 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_resource_errors_count_as_exhaustion() {
+        use std::io::{Error, ErrorKind};
+        for code in [
+            nix::libc::EMFILE,
+            nix::libc::ENFILE,
+            nix::libc::EADDRNOTAVAIL,
+        ] {
+            assert!(is_local_exhaustion(&Error::from_raw_os_error(code)));
+        }
+        for code in [
+            nix::libc::ECONNREFUSED,
+            nix::libc::EHOSTUNREACH,
+            nix::libc::ETIMEDOUT,
+        ] {
+            assert!(!is_local_exhaustion(&Error::from_raw_os_error(code)));
+        }
+        assert!(!is_local_exhaustion(&Error::from(ErrorKind::TimedOut)));
+    }
 
     fn assert_tuned(stream: &TcpStream) {
         let socket = SockRef::from(stream);

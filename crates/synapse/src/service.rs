@@ -183,7 +183,7 @@ impl Shared {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(service = %self.name, reason = why, unserved_total = count, "closing client connections: no backend available");
+            tracing::warn!(service = %self.name, reason = why, unserved_total = count, "closing client connections unserved");
         } else {
             tracing::debug!(service = %self.name, reason = why, "client connection closed unserved");
         }

@@ -210,3 +210,65 @@ async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
         "{log}"
     );
 }
+
+/// Out of file descriptors, synapse closes the connections it cannot serve but does not
+/// blame (eject) a healthy backend for its own limit, and serves again once descriptors
+/// are free.
+#[tokio::test]
+async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("synapse.yaml");
+    write_config(
+        &config,
+        &etcd.endpoint(),
+        &[("web", port)],
+        &format!("admin: 127.0.0.1:{admin}\n"),
+    );
+    // A descriptor limit low enough to run out with a few dozen connections.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" --config \"$1\"")
+        .arg(bin())
+        .arg(&config);
+    let synapse = ChildProcess::spawn_logged("synapse", cmd, &dir.path().join("synapse.log"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_greeting(addr, "a").await;
+
+    // Hold connections until synapse cannot open more; each new one that it accepts but
+    // cannot connect upstream is closed at once.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..80 {
+        // Past the limit a connection is either closed unserved or left in the backlog.
+        match tokio::time::timeout(Duration::from_secs(1), EchoConnection::open(addr)).await {
+            Ok(Ok(c)) => held.push(c),
+            _ => refused += 1,
+        }
+        if refused >= 5 {
+            break;
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the descriptor limit was never reached ({} held)",
+        held.len()
+    );
+    drop(held);
+    wait_greeting(addr, "a").await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let status = admin_status(admin).await.unwrap();
+    let backend = &status["services"]["web"]["backends"][0];
+    assert_eq!(backend["state"], "healthy", "{status}");
+    assert_eq!(backend["connect_failures"], 0, "{status}");
+    assert!(
+        synapse
+            .output()
+            .contains("closing client connections unserved"),
+        "{}",
+        synapse.output()
+    );
+}

@@ -13,7 +13,7 @@ use synapse::config::{DefaultServer, ListenAddr};
 use synapse::Balance;
 use testkit::backend::EchoConnection;
 use testkit::{wait_until, Backend, EtcdServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 fn register_zone(etcd: &EtcdServer, service: &str, id: &str, port: u16, zone: &str) {
@@ -339,16 +339,7 @@ async fn a_dead_backend_is_ejected_then_restored_and_shown_in_status() {
     );
 
     // The admin page shows the same.
-    let admin = synapse.admin_addr().unwrap();
-    let mut http = TcpStream::connect(admin).await.unwrap();
-    http.write_all(b"GET /status HTTP/1.1\r\nHost: synapse\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    http.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let json = admin_status(synapse.admin_addr().unwrap()).await.unwrap();
     let web = &json["services"]["web"];
     assert_eq!(web["balance"], "round_robin");
     assert_eq!(web["listen"], addr.to_string());

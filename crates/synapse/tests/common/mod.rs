@@ -104,3 +104,23 @@ pub async fn start(config: SynapseConfig) -> Synapse {
         .await
         .unwrap_or_else(|e| panic!("synapse start: {e:#}"))
 }
+
+/// `GET /status` from an admin address, parsed; `None` if it cannot be had right now.
+pub async fn admin_status(admin: SocketAddr) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut http = tokio::net::TcpStream::connect(admin).await.ok()?;
+        http.write_all(b"GET /status HTTP/1.1\r\nHost: synapse\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        http.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
+}
