@@ -29,9 +29,11 @@ pub mod state;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use registry::lease::Lease;
 use registry::Etcd;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,28 @@ pub struct Nerve {
     registrar: JoinHandle<()>,
     lease: Lease,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The registrar reads its reconcile interval from here, so a reload can change it.
+    reconcile_interval: watch::Sender<Duration>,
+}
+
+/// Starts a lease on a new handle for `config.etcd` and a registrar writing under it.
+fn start_registrar(
+    config: &NerveConfig,
+    shared: &Arc<Shared>,
+    reconcile_interval: watch::Receiver<Duration>,
+) -> (Lease, JoinHandle<()>, CancellationToken) {
+    let etcd = Etcd::new(config.etcd.clone());
+    let lease = Lease::start(etcd.clone(), config.lease_ttl.get());
+    let stop = CancellationToken::new();
+    let registrar = registrar::Registrar::new(
+        etcd,
+        lease.handle(),
+        shared.clone(),
+        config.reconcile_interval.get(),
+    )
+    .with_reconcile_interval(reconcile_interval);
+    let task = tokio::spawn(registrar.run(stop.clone()));
+    (lease, task, stop)
 }
 
 impl Nerve {
@@ -61,23 +85,15 @@ impl Nerve {
     /// soon as everything runs, also while etcd is unreachable: registration then happens
     /// when it comes back. Fails only if the admin address cannot be bound.
     pub async fn start(config: NerveConfig) -> std::io::Result<Nerve> {
-        let etcd = Etcd::new(config.etcd.clone());
         let shared = Arc::new(Shared::new(&config.etcd.prefix));
-        let registrar_stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let checks_stop = CancellationToken::new();
         let admin = match config.admin {
             Some(addr) => Some(admin::serve(addr.0, shared.clone(), admin_stop.clone()).await?),
             None => None,
         };
-        let lease = Lease::start(etcd.clone(), config.lease_ttl.get());
-        let registrar = registrar::Registrar::new(
-            etcd,
-            lease.handle(),
-            shared.clone(),
-            config.reconcile_interval.get(),
-        );
-        let registrar = tokio::spawn(registrar.run(registrar_stop.clone()));
+        let (reconcile_interval, reconcile_rx) = watch::channel(config.reconcile_interval.get());
+        let (lease, registrar, registrar_stop) = start_registrar(&config, &shared, reconcile_rx);
         let monitors = config
             .services
             .iter()
@@ -104,6 +120,7 @@ impl Nerve {
             registrar,
             lease,
             admin,
+            reconcile_interval,
         })
     }
 
@@ -128,14 +145,24 @@ impl Nerve {
     }
 
     /// Applies a new (already validated) configuration: see [`reload`]. Returns the plan
-    /// that was carried out.
-    pub async fn reload(&mut self, new: NerveConfig) -> reload::Plan {
+    /// that was carried out, or the error binding a new admin address, in which case
+    /// nothing was changed.
+    pub async fn reload(&mut self, new: NerveConfig) -> std::io::Result<reload::Plan> {
         let plan = reload::diff(&self.config, &new);
-        for key in &plan.needs_restart {
-            tracing::warn!(
-                key,
-                "changed, but only takes effect after a restart; keeping the old value"
-            );
+        // The admin address first: it is the only step that can fail, and failing before
+        // anything else changed keeps "rejected" meaning "the old configuration runs".
+        if let Some(admin) = &plan.admin {
+            self.move_admin(*admin).await?;
+        }
+        let moving = plan.move_registrations;
+        if moving {
+            // The old registrar stops writing but its lease stays alive (its keeper runs
+            // until the revoke below), so every key it wrote stays until the new ones exist.
+            self.registrar_stop.cancel();
+            let _ = (&mut self.registrar).await;
+            if plan.prefix_changed {
+                self.shared.set_prefix(&new.etcd.prefix);
+            }
         }
         for id in &plan.remove {
             if let Some(m) = self.monitors.remove(id) {
@@ -157,15 +184,102 @@ impl Nerve {
             let monitor = Monitor::spawn(self.shared.clone(), service.clone(), &self.checks_stop);
             self.monitors.insert(id, monitor);
         }
-        self.config = reload::effective(&self.config, &new);
+        if let Some(every) = plan.reconcile_interval {
+            self.reconcile_interval.send_replace(every);
+            tracing::info!(
+                ?every,
+                "reconcile interval changed; applies from the next tick"
+            );
+        }
+        if moving {
+            self.move_registrations(&new).await;
+        }
+        self.config = new;
         tracing::info!(
             added = plan.add.len(),
             removed = plan.remove.len(),
             changed = plan.update.len(),
             unchanged = plan.unchanged.len(),
+            moved = moving,
             "configuration reloaded"
         );
-        plan
+        Ok(plan)
+    }
+
+    /// Binds `new` (if any) and only then stops the old admin server.
+    async fn move_admin(&mut self, new: Option<config::ListenAddr>) -> std::io::Result<()> {
+        let stop = CancellationToken::new();
+        let bound = match new {
+            Some(addr) => match admin::serve(addr.0, self.shared.clone(), stop.clone()).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    tracing::error!(
+                        addr = %addr.0,
+                        error = %e,
+                        "reload rejected, keeping the running configuration: cannot bind the new admin address"
+                    );
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        std::mem::replace(&mut self.admin_stop, stop).cancel();
+        if let Some((old, task)) = std::mem::replace(&mut self.admin, bound) {
+            // Awaited so that the old port is closed when the reload returns.
+            let _ = task.await;
+            tracing::info!(%old, "old admin API stopped");
+        }
+        Ok(())
+    }
+
+    /// Puts every wanted registration under a new lease on a handle built from `new`, then
+    /// revokes the old lease. The old registrar must be stopped already.
+    async fn move_registrations(&mut self, new: &NerveConfig) {
+        let reconcile_rx = self.reconcile_interval.subscribe();
+        let (lease, registrar, stop) = start_registrar(new, &self.shared, reconcile_rx);
+        let old_lease = std::mem::replace(&mut self.lease, lease);
+        self.registrar = registrar;
+        self.registrar_stop = stop;
+        tracing::info!(
+            endpoints = ?new.etcd.endpoints,
+            prefix = %new.etcd.prefix,
+            lease_ttl = %new.lease_ttl,
+            "etcd settings changed: registering everything under a new lease before releasing the old one"
+        );
+        // Enough for a reachable cluster to connect, grant and take the puts; waiting longer
+        // would only delay the reload (and a SIGTERM behind it) while the old lease still
+        // holds the registrations.
+        let e = &new.etcd;
+        let deadline =
+            tokio::time::Instant::now() + 2 * (e.dial_timeout.get() + e.request_timeout.get());
+        let moved = loop {
+            let current = self.lease.current();
+            if current.is_some_and(|id| self.shared.all_registered_under(id)) {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            // The registrar reports to `shared` without a signal to wait on; polling at a
+            // short period until the deadline keeps this simple.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if moved {
+            tracing::info!(lease = ?self.lease.current(), "every registration is written under the new lease");
+        } else {
+            tracing::error!(
+                endpoints = ?e.endpoints,
+                "the new etcd did not take every registration in time; they keep being retried there, and the old lease is released anyway"
+            );
+        }
+        let old = &self.config.etcd;
+        match old_lease
+            .revoke(old.request_timeout.get() + old.dial_timeout.get())
+            .await
+        {
+            Some(id) => tracing::info!(lease = id, "old lease revoked"),
+            None => tracing::warn!("no old lease revoked; its keys, if any, expire with its TTL"),
+        }
     }
 
     /// Deregisters everything with one lease revoke, waits `shutdown_delay`, and stops.

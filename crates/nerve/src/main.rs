@@ -82,7 +82,8 @@ async fn run(path: PathBuf, config: nerve::NerveConfig) -> Result<(), String> {
             _ = hup.recv() => {
                 tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
                 match nerve::config::load(&path) {
-                    Ok(new) => { nerve.reload(new).await; }
+                    // A rejected reload has logged why and changed nothing.
+                    Ok(new) => { let _ = nerve.reload(new).await; }
                     Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
                 }
             }

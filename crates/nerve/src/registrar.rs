@@ -36,7 +36,8 @@ pub struct Registrar {
     etcd: Etcd,
     lease: LeaseHandle,
     shared: Arc<Shared>,
-    reconcile_interval: Duration,
+    /// Read at every reschedule, so a reload's new interval applies from the next tick on.
+    reconcile_interval: watch::Receiver<Duration>,
     written: BTreeMap<String, Written>,
     /// Keys that were registered under a lease that was then lost, for the log wording.
     orphaned: BTreeSet<String>,
@@ -63,16 +64,28 @@ impl Registrar {
             etcd,
             lease,
             shared,
-            reconcile_interval,
+            // The sender is dropped: the receiver keeps the value, which then never changes.
+            reconcile_interval: watch::channel(reconcile_interval).1,
             written: BTreeMap::new(),
             orphaned: BTreeSet::new(),
         }
     }
 
+    /// Follows `interval` instead of the fixed interval given to [`Registrar::new`]; a new
+    /// value takes effect when the tick already scheduled has fired.
+    pub fn with_reconcile_interval(mut self, interval: watch::Receiver<Duration>) -> Registrar {
+        self.reconcile_interval = interval;
+        self
+    }
+
+    fn interval(&self) -> Duration {
+        *self.reconcile_interval.borrow()
+    }
+
     pub async fn run(mut self, stop: CancellationToken) {
         let mut desired_rx = self.shared.subscribe_desired();
         let mut lease_rx = self.lease.subscribe();
-        let mut next_reconcile = Instant::now() + self.reconcile_interval;
+        let mut next_reconcile = Instant::now() + self.interval();
         let mut reconcile_due = false;
         let mut backoff = registry::backoff::Backoff::default().start();
         loop {
@@ -97,7 +110,7 @@ impl Registrar {
                         .await;
                     if matches!(r, Ok(())) && reconcile_due {
                         reconcile_due = false;
-                        next_reconcile = Instant::now() + self.reconcile_interval;
+                        next_reconcile = Instant::now() + self.interval();
                     }
                     r
                 }

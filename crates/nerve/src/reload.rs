@@ -4,11 +4,19 @@
 //! Instances are matched by (service, instance_id). A matched instance whose definition
 //! changed is updated in place: it keeps its health history, so changing a weight does not
 //! take a healthy instance out for `rise` checks, and its key is re-written only if the
-//! record itself changed. An unchanged instance is not touched at all. Settings that shape
-//! the process itself (etcd connection, lease TTL, admin address, reconcile interval) are
-//! not applied live: the plan names them so the operator is told to restart.
+//! record itself changed. An unchanged instance is not touched at all.
+//!
+//! Settings that shape the process are applied too, because a restart deregisters
+//! everything (SIGTERM revokes the lease) and that blip is what nerve exists to avoid:
+//! - `etcd` or `lease_ttl`: the registrations move to a new handle and a new lease, and the
+//!   old lease is revoked only afterwards ([`Plan::move_registrations`]);
+//! - `admin`: the new address is bound before the old server stops ([`Plan::admin`]);
+//! - `reconcile_interval`: used from the next tick on ([`Plan::reconcile_interval`]).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use registry::config::ListenAddr;
 
 use crate::config::{NerveConfig, ServiceConfig};
 use crate::state::InstanceId;
@@ -20,8 +28,16 @@ pub struct Plan {
     pub remove: Vec<InstanceId>,
     pub update: Vec<ServiceConfig>,
     pub unchanged: Vec<InstanceId>,
-    /// Top-level keys whose new values are ignored until a restart.
-    pub needs_restart: Vec<&'static str>,
+    /// `etcd` or `lease_ttl` changed: put every wanted registration under a new lease on a
+    /// new handle, then revoke the old lease. A changed TTL needs a new lease because etcd
+    /// cannot change the TTL of an existing one.
+    pub move_registrations: bool,
+    /// The key prefix changed (part of `move_registrations`): the keys themselves move.
+    pub prefix_changed: bool,
+    /// `Some(new)` when the admin address changed (`Some(None)`: no admin API any more).
+    pub admin: Option<Option<ListenAddr>>,
+    /// `Some(new)` when the reconcile interval changed.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl Plan {
@@ -29,7 +45,9 @@ impl Plan {
         self.add.is_empty()
             && self.remove.is_empty()
             && self.update.is_empty()
-            && self.needs_restart.is_empty()
+            && !self.move_registrations
+            && self.admin.is_none()
+            && self.reconcile_interval.is_none()
     }
 }
 
@@ -58,32 +76,17 @@ pub fn diff(old: &NerveConfig, new: &NerveConfig) -> Plan {
         .filter(|id| !after.contains_key(*id))
         .cloned()
         .collect();
-    if old.etcd != new.etcd {
-        plan.needs_restart.push("etcd");
-    }
-    if old.lease_ttl != new.lease_ttl {
-        plan.needs_restart.push("lease_ttl");
-    }
+    // Any etcd setting counts, timeouts included: they live in the handle, which is
+    // rebuilt as a whole; moving to the same cluster costs one put per key, no gap.
+    plan.move_registrations = old.etcd != new.etcd || old.lease_ttl != new.lease_ttl;
+    plan.prefix_changed = old.etcd.prefix != new.etcd.prefix;
     if old.admin != new.admin {
-        plan.needs_restart.push("admin");
+        plan.admin = Some(new.admin);
     }
     if old.reconcile_interval != new.reconcile_interval {
-        plan.needs_restart.push("reconcile_interval");
+        plan.reconcile_interval = Some(new.reconcile_interval.get());
     }
     plan
-}
-
-/// The configuration in force after applying `new`: its services and shutdown delay, with
-/// the process-shaping settings of `old` kept (see [`Plan::needs_restart`]).
-pub fn effective(old: &NerveConfig, new: &NerveConfig) -> NerveConfig {
-    NerveConfig {
-        etcd: old.etcd.clone(),
-        lease_ttl: old.lease_ttl,
-        admin: old.admin,
-        reconcile_interval: old.reconcile_interval,
-        shutdown_delay: new.shutdown_delay,
-        services: new.services.clone(),
-    }
 }
 
 #[cfg(test)]
@@ -128,7 +131,7 @@ mod tests {
         assert_eq!(plan.update.len(), 1);
         assert_eq!(plan.update[0].weight, 5);
         assert!(plan.unchanged.is_empty());
-        assert!(plan.needs_restart.is_empty());
+        assert!(!plan.move_registrations && plan.admin.is_none());
     }
 
     #[test]
@@ -153,17 +156,51 @@ mod tests {
     }
 
     #[test]
-    fn process_settings_are_flagged_and_kept() {
+    fn process_settings_are_planned() {
         let old = config(A, "lease_ttl: 5s\nadmin: 127.0.0.1:1000");
         let new = config(
             A,
-            "lease_ttl: 6s\nadmin: 127.0.0.1:1001\nshutdown_delay: 1s",
+            "lease_ttl: 6s\nadmin: 127.0.0.1:1001\nreconcile_interval: 7s\nshutdown_delay: 1s",
         );
         let plan = diff(&old, &new);
-        assert_eq!(plan.needs_restart, vec!["lease_ttl", "admin"]);
-        let e = effective(&old, &new);
-        assert_eq!(e.lease_ttl, old.lease_ttl);
-        assert_eq!(e.admin, old.admin);
-        assert_eq!(e.shutdown_delay, new.shutdown_delay);
+        assert!(plan.move_registrations);
+        assert!(!plan.prefix_changed);
+        assert_eq!(plan.admin, Some(new.admin));
+        assert_eq!(plan.reconcile_interval, Some(Duration::from_secs(7)));
+        assert!(!plan.is_empty());
+        assert!(plan.add.is_empty() && plan.remove.is_empty() && plan.update.is_empty());
+    }
+
+    #[test]
+    fn removing_the_admin_api_is_planned_as_none() {
+        let plan = diff(&config(A, "admin: 127.0.0.1:1000"), &config(A, ""));
+        assert_eq!(plan.admin, Some(None));
+        assert!(!plan.move_registrations);
+    }
+
+    #[test]
+    fn any_etcd_change_moves_the_registrations() {
+        let old = config(A, "");
+        let mut timeout = old.clone();
+        timeout.etcd.request_timeout = registry::ConfigDuration(Duration::from_secs(9));
+        let plan = diff(&old, &timeout);
+        assert!(plan.move_registrations && !plan.prefix_changed);
+        assert_eq!(plan.unchanged.len(), 1);
+
+        let mut endpoints = old.clone();
+        endpoints.etcd.endpoints = vec!["http://127.0.0.1:2479".into()];
+        assert!(diff(&old, &endpoints).move_registrations);
+
+        let mut prefix = old.clone();
+        prefix.etcd.prefix = "/elsewhere".into();
+        let plan = diff(&old, &prefix);
+        assert!(plan.move_registrations && plan.prefix_changed);
+    }
+
+    #[test]
+    fn shutdown_delay_alone_moves_nothing() {
+        let plan = diff(&config(A, ""), &config(A, "shutdown_delay: 1s"));
+        assert!(plan.is_empty());
+        assert!(!plan.move_registrations);
     }
 }

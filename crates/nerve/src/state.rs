@@ -78,7 +78,8 @@ struct Inner {
 pub struct Shared {
     inner: Mutex<Inner>,
     desired: watch::Sender<Desired>,
-    prefix: String,
+    /// Changes only on a reload that moves the keys ([`Shared::set_prefix`]).
+    prefix: Mutex<String>,
 }
 
 impl Shared {
@@ -86,7 +87,7 @@ impl Shared {
         Shared {
             inner: Mutex::new(Inner::default()),
             desired: watch::channel(Desired::new()).0,
-            prefix: prefix.to_owned(),
+            prefix: Mutex::new(prefix.to_owned()),
         }
     }
 
@@ -101,7 +102,30 @@ impl Shared {
     }
 
     pub fn key_of(&self, service: &ServiceConfig) -> String {
-        registry::key::instance_key(&self.prefix, &service.name, &service.instance_id())
+        let prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        registry::key::instance_key(&prefix, &service.name, &service.instance_id())
+    }
+
+    /// Moves every instance's key under `prefix` (a reload changed `etcd.prefix`). Health
+    /// and maintenance stay; only the wanted keys change.
+    pub fn set_prefix(&self, prefix: &str) {
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = prefix.to_owned();
+        {
+            let mut inner = self.lock();
+            for e in inner.instances.values_mut() {
+                e.key =
+                    registry::key::instance_key(prefix, &e.service.name, &e.service.instance_id());
+            }
+        }
+        self.publish_desired();
+    }
+
+    /// Whether every wanted registration is written under `lease`, as last reported by the
+    /// registrar: the moment a reload may release the previous lease.
+    pub fn all_registered_under(&self, lease: i64) -> bool {
+        let desired = self.desired.borrow().clone();
+        let inner = self.lock();
+        inner.lease == Some(lease) && desired.keys().all(|k| inner.registered.contains(k))
     }
 
     /// Adds an instance, or updates its definition keeping its health history (a reload

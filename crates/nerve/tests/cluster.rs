@@ -69,7 +69,7 @@ async fn killing_the_member_nerve_talks_to_keeps_registrations() {
             tcp_service("api", "x", a.port())
         ),
     );
-    nerve.reload(cfg).await;
+    nerve.reload(cfg).await.unwrap();
     testkit::wait_until(
         "new instance registered",
         Duration::from_secs(10),

@@ -54,7 +54,8 @@ async fn reload_in_process_adds_removes_changes_and_leaves_the_rest_alone() {
                 with_weight("keep", "k", p, 100)
             ),
         ))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(
         (
             plan.add.len(),
@@ -203,4 +204,265 @@ async fn shutdown_delay_waits_after_deregistering() {
         .await
         .expect("exits after the delay");
     assert!(status.success());
+}
+
+/// Runs `nerve.reload(new)` while reading `keys` from `c` over and over; panics if a round
+/// finds none of them (the instance unregistered). Returns the plan and the rounds made.
+async fn reload_watching(
+    nerve: &mut Nerve,
+    new: nerve::NerveConfig,
+    c: &etcd_client::Client,
+    keys: &[String],
+) -> (std::io::Result<nerve::reload::Plan>, usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    let reload = async {
+        let plan = nerve.reload(new).await;
+        done.store(true, Ordering::SeqCst);
+        plan
+    };
+    let watch = async {
+        let mut reads = 0;
+        // One more read after the reload returned: the old lease is revoked by then.
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            let mut found = false;
+            for key in keys {
+                found |= exists(c, key).await;
+            }
+            assert!(found, "none of {keys:?} in etcd during the reload");
+            reads += 1;
+            if finished {
+                return reads;
+            }
+        }
+    };
+    tokio::join!(reload, watch)
+}
+
+async fn ttl_of(c: &etcd_client::Client, lease: i64) -> i64 {
+    c.clone()
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap()
+        .granted_ttl()
+}
+
+#[tokio::test]
+async fn reload_to_another_etcd_moves_the_registrations_there() {
+    init_logs();
+    let (old, new) = (EtcdServer::start().await, EtcdServer::start().await);
+    let b = Backend::start("b").await;
+    let (old_ep, new_ep) = (vec![old.endpoint()], vec![new.endpoint()]);
+    let (c_old, c_new) = (client(&old_ep).await, client(&new_ep).await);
+    let services = format!(
+        "{}{}",
+        with_weight("web", "w", b.port(), 100),
+        with_weight("api", "a", b.port(), 100)
+    );
+    let mut nerve = Nerve::start(config(&old_ep, "", &services)).await.unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        keys(&c_old).await.len() == 2
+    })
+    .await;
+    let old_lease = nerve.lease().unwrap();
+
+    let plan = nerve.reload(config(&new_ep, "", &services)).await.unwrap();
+    assert!(plan.move_registrations);
+    // The reload returns once the new cluster holds everything and the old lease is gone.
+    assert_eq!(keys(&c_new).await.len(), 2);
+    assert!(keys(&c_old).await.is_empty());
+    let new_lease = nerve.lease().unwrap();
+    assert_eq!(
+        get(&c_new, &key("web", "w")).await.unwrap().lease,
+        new_lease
+    );
+    assert!(
+        c_old
+            .clone()
+            .lease_time_to_live(old_lease, None)
+            .await
+            .unwrap()
+            .ttl()
+            <= 0
+    );
+    nerve.shutdown().await;
+    assert!(keys(&c_new).await.is_empty());
+}
+
+#[tokio::test]
+async fn reload_to_the_same_etcd_with_another_timeout_never_unregisters() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
+    let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        exists(&c, &key("web", "w")).await
+    })
+    .await;
+    let old_lease = nerve.lease().unwrap();
+
+    let mut changed = cfg.clone();
+    changed.etcd.request_timeout = registry::ConfigDuration(Duration::from_millis(1500));
+    let (plan, reads) = reload_watching(&mut nerve, changed, &c, &[key("web", "w")]).await;
+    assert!(plan.unwrap().move_registrations);
+    assert!(reads >= 2, "only {reads} reads");
+    let new_lease = nerve.lease().unwrap();
+    assert_ne!(new_lease, old_lease);
+    assert_eq!(get(&c, &key("web", "w")).await.unwrap().lease, new_lease);
+    assert_eq!(
+        nerve.config().etcd.request_timeout.get(),
+        Duration::from_millis(1500)
+    );
+    nerve.shutdown().await;
+    assert!(keys(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn reload_with_a_new_prefix_moves_the_keys() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
+    let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        exists(&c, &key("web", "w")).await
+    })
+    .await;
+    let mut moved = cfg.clone();
+    moved.etcd.prefix = "/elsewhere/services".into();
+    let moved_key = registry::key::instance_key("/elsewhere/services", "web", "w");
+    // The new key exists before the old one goes: one of them is there on every round.
+    let watched = [key("web", "w"), moved_key.clone()];
+    let (plan, reads) = reload_watching(&mut nerve, moved, &c, &watched).await;
+    assert!(plan.unwrap().prefix_changed);
+    assert!(reads >= 2, "only {reads} reads");
+    assert!(exists(&c, &moved_key).await);
+    assert!(!exists(&c, &key("web", "w")).await);
+    let status = nerve.status();
+    assert_eq!(status[0].key, moved_key);
+    nerve.shutdown().await;
+    assert!(!exists(&c, &moved_key).await);
+}
+
+#[tokio::test]
+async fn reload_with_a_new_lease_ttl_grants_a_new_lease_and_keeps_the_keys() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
+    let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        exists(&c, &key("web", "w")).await
+    })
+    .await;
+    let old_lease = nerve.lease().unwrap();
+    assert_eq!(ttl_of(&c, old_lease).await, 2);
+
+    let mut longer = cfg.clone();
+    longer.lease_ttl = registry::ConfigDuration(Duration::from_secs(7));
+    let (plan, reads) = reload_watching(&mut nerve, longer, &c, &[key("web", "w")]).await;
+    assert!(plan.unwrap().move_registrations);
+    assert!(reads >= 2, "only {reads} reads");
+    let new_lease = nerve.lease().unwrap();
+    assert_ne!(new_lease, old_lease);
+    assert_eq!(ttl_of(&c, new_lease).await, 7);
+    assert_eq!(get(&c, &key("web", "w")).await.unwrap().lease, new_lease);
+    nerve.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_moves_the_admin_api_and_rejects_a_port_in_use() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let services = with_weight("web", "w", b.port(), 100);
+    let mut nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))
+        .await
+        .unwrap();
+    let old = nerve.admin_addr().unwrap();
+    assert_eq!(http(old, "GET", "/status").await.0, 200);
+
+    // A port in use: the whole reload is rejected, even the service change in it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let before = nerve.config().clone();
+    let rejected = nerve
+        .reload(config(
+            &endpoints,
+            &format!("admin: {taken_addr}"),
+            &format!("{services}{}", with_weight("api", "a", b.port(), 100)),
+        ))
+        .await;
+    assert!(rejected.is_err());
+    assert_eq!(nerve.config(), &before);
+    assert_eq!(nerve.status().len(), 1);
+    assert_eq!(nerve.admin_addr(), Some(old));
+    assert_eq!(http(old, "GET", "/status").await.0, 200);
+    drop(taken);
+
+    let port = testkit::free_port();
+    let plan = nerve
+        .reload(config(
+            &endpoints,
+            &format!("admin: 127.0.0.1:{port}"),
+            &services,
+        ))
+        .await
+        .unwrap();
+    assert!(plan.admin.is_some());
+    let new = nerve.admin_addr().unwrap();
+    assert_eq!(new.port(), port);
+    assert_eq!(http(new, "GET", "/status").await.0, 200);
+    assert!(
+        tokio::net::TcpStream::connect(old).await.is_err(),
+        "the old admin port still answers"
+    );
+    nerve.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_to_an_unreachable_etcd_releases_the_old_lease_and_registers_when_it_comes() {
+    init_logs();
+    let old = EtcdServer::start().await;
+    let mut new = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let (old_ep, new_ep) = (vec![old.endpoint()], vec![new.endpoint()]);
+    let c_old = client(&old_ep).await;
+    let services = with_weight("web", "w", b.port(), 100);
+    let mut nerve = Nerve::start(config(&old_ep, "", &services)).await.unwrap();
+    testkit::wait_until("registered", Duration::from_secs(10), || async {
+        exists(&c_old, &key("web", "w")).await
+    })
+    .await;
+    new.kill();
+
+    let plan = tokio::time::timeout(
+        Duration::from_secs(10),
+        nerve.reload(config(&new_ep, "", &services)),
+    )
+    .await
+    .expect("a reload to an unreachable etcd is bounded in time")
+    .unwrap();
+    assert!(plan.move_registrations);
+    assert!(keys(&c_old).await.is_empty(), "the old lease was kept");
+
+    new.restart().await;
+    let c_new = client(&new_ep).await;
+    testkit::wait_until(
+        "registered on the new etcd once it is up",
+        Duration::from_secs(15),
+        || async { exists(&c_new, &key("web", "w")).await },
+    )
+    .await;
+    nerve.shutdown().await;
+    assert!(keys(&c_new).await.is_empty());
 }
