@@ -16,6 +16,7 @@ mod probe;
 mod register;
 mod relay;
 mod stats;
+mod target;
 
 use clap::{Parser, Subcommand};
 

@@ -16,20 +16,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::stats::Samples;
+use crate::target::Target;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    etcd: String,
-    #[arg(long, default_value = "/smartstack/services")]
-    prefix: String,
-    #[arg(long)]
-    service: String,
+    #[command(flatten)]
+    target: Target,
     /// The proxy's listen address for the service.
     #[arg(long)]
     via: SocketAddr,
@@ -67,22 +63,19 @@ async fn hit(via: SocketAddr) -> anyhow::Result<u32> {
     tokio::time::timeout(Duration::from_secs(1), f).await?
 }
 
-fn record(port: u16) -> String {
-    format!(r#"{{"host":"127.0.0.1","port":{port}}}"#)
-}
-
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(a.max_secs);
     let timeout = Duration::from_millis(a.timeout_ms);
-    let mut etcd = etcd_client::Client::connect([a.etcd.as_str()], None)
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", a.etcd))?;
-    let dir = format!("{}/{}/", a.prefix, a.service);
+    let mut etcd = a.target.connect().await?;
     let base = TcpListener::bind("127.0.0.1:0").await?;
     let base_port = base.local_addr()?.port();
     tokio::spawn(serve(base, 0));
-    etcd.put(format!("{dir}probe-base"), record(base_port), None)
-        .await?;
+    etcd.put(
+        a.target.key("probe-base"),
+        Target::record("probe-base", base_port),
+        None,
+    )
+    .await?;
     let t = Instant::now();
     loop {
         if hit(a.via).await.is_ok() {
@@ -105,10 +98,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let port = l.local_addr()?.port();
         let server = tokio::spawn(serve(l, i));
-        let key = format!("{dir}probe-{i}");
+        let id = format!("probe-{i}");
+        let key = a.target.key(&id);
+        let value = Target::record(&id, port);
 
         let t0 = Instant::now();
-        etcd.put(key.as_str(), record(port), None).await?;
+        etcd.put(key.as_str(), value, None).await?;
         put_rtt.push(t0.elapsed());
         loop {
             if t0.elapsed() > timeout {
@@ -154,7 +149,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         server.abort();
     }
-    let _ = etcd.delete(format!("{dir}probe-base"), None).await;
+    let _ = etcd.delete(a.target.key("probe-base"), None).await;
 
     Samples::new(reg).print("reg");
     Samples::new(rem).print("rem");

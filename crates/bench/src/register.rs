@@ -4,14 +4,12 @@
 
 use anyhow::Context;
 
+use crate::target::Target;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    etcd: String,
-    #[arg(long, default_value = "/smartstack/services")]
-    prefix: String,
-    #[arg(long)]
-    service: String,
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 1000)]
     count: u32,
     /// Records point at 127.0.0.1:(port_base + i).
@@ -23,10 +21,8 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let mut client = etcd_client::Client::connect([a.etcd.as_str()], None)
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", a.etcd))?;
-    let dir = format!("{}/{}/", a.prefix, a.service);
+    let mut client = a.target.connect().await?;
+    let dir = a.target.service_prefix();
     if a.delete {
         let opts = etcd_client::DeleteOptions::new().with_prefix();
         let r = client.delete(dir.as_str(), Some(opts)).await?;
@@ -35,11 +31,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let start = std::time::Instant::now();
     for i in 0..a.count {
-        let port = u32::from(a.port_base) + i;
-        anyhow::ensure!(port <= 65535, "port_base + count exceeds 65535");
-        let value = format!(r#"{{"host":"127.0.0.1","port":{port}}}"#);
+        let port =
+            u16::try_from(u32::from(a.port_base) + i).context("port_base + count exceeds 65535")?;
+        let id = format!("bulk-{i}");
+        let value = Target::record(&id, port);
         client
-            .put(format!("{dir}bulk-{i}"), value, None)
+            .put(a.target.key(&id), value, None)
             .await
             .with_context(|| format!("put #{i}"))?;
     }
