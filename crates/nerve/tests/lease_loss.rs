@@ -77,10 +77,7 @@ async fn etcd_restarted_with_an_empty_data_dir_gets_everything_back() {
     .unwrap();
     {
         let c = client(&endpoints).await;
-        testkit::wait_until("registered", Duration::from_secs(10), || async {
-            exists(&c, &key("web", "a")).await
-        })
-        .await;
+        wait_registered(&c, &key("web", "a")).await;
     }
     etcd.restart_empty().await;
     let c = client(&endpoints).await;
@@ -155,10 +152,7 @@ async fn etcd_hung_for_longer_than_the_ttl_then_back_gets_everything_back() {
     )
     .await
     .unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c, &key("web", "a")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "a")).await;
     let old = nerve.lease();
     etcd.pause();
     // Keepalives time out (request_timeout 1s); after a whole TTL (2s) the lease counts as lost.

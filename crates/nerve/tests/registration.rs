@@ -151,10 +151,7 @@ async fn shutdown_with_etcd_down_still_exits() {
     ))
     .await
     .unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "w")).await;
     etcd.kill();
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), nerve.shutdown())

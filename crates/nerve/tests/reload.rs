@@ -186,10 +186,7 @@ async fn shutdown_delay_waits_after_deregistering() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nerve"));
     cmd.arg("--config").arg(&path);
     let mut nerve = ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"));
-    testkit::wait_until("registered", Duration::from_secs(15), || async {
-        exists(&c, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "w")).await;
     nerve.signal(Signal::SIGTERM);
     testkit::wait_until("deregistered at once", Duration::from_secs(2), || async {
         !exists(&c, &key("web", "w")).await
@@ -299,10 +296,7 @@ async fn reload_to_the_same_etcd_with_another_timeout_never_unregisters() {
     let c = client(&endpoints).await;
     let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
     let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "w")).await;
     let old_lease = nerve.lease().unwrap();
 
     let mut changed = cfg.clone();
@@ -330,10 +324,7 @@ async fn reload_with_a_new_prefix_moves_the_keys() {
     let c = client(&endpoints).await;
     let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
     let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "w")).await;
     let mut moved = cfg.clone();
     moved.etcd.prefix = "/elsewhere/services".into();
     let moved_key = registry::key::instance_key("/elsewhere/services", "web", "w");
@@ -359,10 +350,7 @@ async fn reload_with_a_new_lease_ttl_grants_a_new_lease_and_keeps_the_keys() {
     let c = client(&endpoints).await;
     let cfg = config(&endpoints, "", &with_weight("web", "w", b.port(), 100));
     let mut nerve = Nerve::start(cfg.clone()).await.unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c, &key("web", "w")).await;
     let old_lease = nerve.lease().unwrap();
     assert_eq!(ttl_of(&c, old_lease).await, 2);
 
@@ -439,10 +427,7 @@ async fn reload_to_an_unreachable_etcd_releases_the_old_lease_and_registers_when
     let c_old = client(&old_ep).await;
     let services = with_weight("web", "w", b.port(), 100);
     let mut nerve = Nerve::start(config(&old_ep, "", &services)).await.unwrap();
-    testkit::wait_until("registered", Duration::from_secs(10), || async {
-        exists(&c_old, &key("web", "w")).await
-    })
-    .await;
+    wait_registered(&c_old, &key("web", "w")).await;
     new.kill();
 
     let plan = tokio::time::timeout(

@@ -122,6 +122,16 @@ pub async fn exists(client: &Client, key: &str) -> bool {
 }
 
 /// One HTTP/1.1 request to the admin API; returns (status, body).
+/// Waits (15 s at most: some callers start the binary first) until `key` exists.
+pub async fn wait_registered(client: &Client, key: &str) {
+    testkit::wait_until(
+        &format!("{key} is registered"),
+        Duration::from_secs(10),
+        || async { exists(client, key).await },
+    )
+    .await;
+}
+
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr)
