@@ -126,7 +126,7 @@ pub async fn exists(client: &Client, key: &str) -> bool {
 pub async fn wait_registered(client: &Client, key: &str) {
     testkit::wait_until(
         &format!("{key} is registered"),
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         || async { exists(client, key).await },
     )
     .await;
