@@ -39,6 +39,12 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// At most one warning per service per this period about connections that found no backend.
 const UNSERVED_WARN_EVERY: u64 = 5_000;
 
+/// Whether a repeated warning last logged at `last` (0: never; times from
+/// [`backends::now_ms`]) is due again at `now`.
+fn warning_due(last: u64, now: u64) -> bool {
+    last == 0 || now.saturating_sub(last) >= UNSERVED_WARN_EVERY
+}
+
 /// The registry's state as the status page shows it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RegistryState {
@@ -177,7 +183,7 @@ impl Shared {
         let count = self.unserved.fetch_add(1, Ordering::Relaxed) + 1;
         let now = backends::now_ms();
         let last = self.unserved_warned.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= UNSERVED_WARN_EVERY)
+        if warning_due(last, now)
             && self
                 .unserved_warned
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -463,7 +469,7 @@ async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: retrying at once would spin.
                 let now = backends::now_ms();
-                if now.saturating_sub(last_error_warned) > UNSERVED_WARN_EVERY {
+                if warning_due(last_error_warned, now) {
                     last_error_warned = now;
                     tracing::warn!(service = %shared.name, error = %e, "accept failed; retrying");
                 }
@@ -673,6 +679,13 @@ mod tests {
 
     fn ports(chosen: Option<(Vec<BackendSpec>, Source)>) -> Option<(Vec<u16>, Source)> {
         chosen.map(|(s, src)| (s.iter().map(|b| b.port).collect(), src))
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_the_first_time_even_right_after_start() {
+        assert!(warning_due(0, 1));
+        assert!(!warning_due(1_000, 1_000 + UNSERVED_WARN_EVERY - 1));
+        assert!(warning_due(1_000, 1_000 + UNSERVED_WARN_EVERY));
     }
 
     #[test]

@@ -211,9 +211,9 @@ async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
     );
 }
 
-/// Out of file descriptors, synapse closes the connections it cannot serve but does not
-/// blame (eject) a healthy backend for its own limit, and serves again once descriptors
-/// are free.
+/// Out of file descriptors, synapse leaves new clients in the backlog or closes the ones it
+/// cannot connect upstream, but does not blame (eject) a healthy backend for its own limit,
+/// and serves again once descriptors are free.
 #[tokio::test]
 async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
     let dir = tempfile::tempdir().unwrap();
@@ -264,11 +264,12 @@ async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
     let backend = &status["services"]["web"]["backends"][0];
     assert_eq!(backend["state"], "healthy", "{status}");
     assert_eq!(backend["connect_failures"], 0, "{status}");
+    // Which descriptor runs out first, the accepted client's or the upstream one's, depends
+    // on how many synapse had open before the test; both must leave the backend alone.
+    let log = synapse.output();
     assert!(
-        synapse
-            .output()
-            .contains("closing client connections unserved"),
-        "{}",
-        synapse.output()
+        log.contains("closing client connections unserved")
+            || log.contains("accept failed; retrying"),
+        "synapse never reported running out of descriptors:\n{log}"
     );
 }
