@@ -52,6 +52,8 @@ pub struct Stats {
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Requests it closed the connection on before answering (with `retry_unanswered`).
+    pub unanswered: AtomicU64,
     pub consecutive_failures: AtomicU32,
     /// [`now_ms`] until which the backend is ejected; 0 when not ejected.
     pub ejected_until: AtomicU64,
@@ -70,6 +72,7 @@ impl Default for Stats {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),

@@ -50,6 +50,10 @@ pub struct ServiceConfig {
     /// How many other backends to try after a failed connect.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Send a request again to another backend when its backend closes or resets the
+    /// connection before answering (only for requests that may be repeated).
+    #[serde(default)]
+    pub retry_unanswered: bool,
     /// Consecutive connect failures that eject a backend.
     #[serde(default = "default_eject_after")]
     pub eject_after: u32,
@@ -154,6 +158,7 @@ impl ServiceConfig {
             balance: Balance::default(),
             connect_timeout: default_connect_timeout(),
             retries: default_retries(),
+            retry_unanswered: false,
             eject_after: default_eject_after(),
             ejection_time: default_ejection_time(),
             max_ejection_percent: default_max_ejection_percent(),
@@ -340,6 +345,7 @@ mod tests {
         assert_eq!(s.balance, Balance::RoundRobin);
         assert_eq!(s.connect_timeout.get(), Duration::from_secs(1));
         assert_eq!(s.retries, 2);
+        assert!(!s.retry_unanswered);
         assert_eq!(s.eject_after, 3);
         assert_eq!(s.max_ejection_percent, 50);
         assert_eq!(s.max_connections, 10_000);
@@ -352,7 +358,7 @@ mod tests {
         let c = parse(&format!(
             "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\n\
              services:\n  - name: web\n    listen: 3000\n    balance: least_conn\n    connect_timeout: 200ms\n\
-             \x20   retries: 1\n    eject_after: 2\n    ejection_time: 1s\n    max_ejection_percent: 30\n\
+             \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n    max_ejection_percent: 30\n\
              \x20   drain_timeout: 5s\n    max_connections: 7\n    idle_timeout: 1m\n    min_zone_backends: 2\n\
              \x20   startup_wait: 1s\n    default_servers: [{{host: 10.0.0.1, port: 80, weight: 5, zone: b}}]\n"
         ))
@@ -360,6 +366,7 @@ mod tests {
         let s = &c.services[0];
         assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(s.balance, Balance::LeastConn);
+        assert!(s.retry_unanswered);
         assert_eq!(s.default_servers[0].weight, 5);
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9000");
         // JSON is YAML too, as SmartStack's configs are JSON.

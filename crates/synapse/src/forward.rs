@@ -3,7 +3,9 @@
 //!
 //! The client only ever sees a failure (its connection closed with nothing sent) when
 //! no backend could be reached within `retries` further attempts. Connect failures feed
-//! passive outlier ejection; successes end it early.
+//! passive outlier ejection; successes end it early. With `retry_unanswered`, a backend
+//! that closes the connection before answering the client's request is one more failed
+//! attempt: the request is sent again to another backend ([`crate::replay`]).
 //!
 //! This is the per-connection cost of synapse on top of the relay, so it is kept lean: the
 //! client leg's socket options come from the listener ([`listen`]), a pick allocates
@@ -26,6 +28,7 @@ use crate::balance::{self, Candidate, ZoneAffinity};
 use crate::config::{Balance, ServiceConfig};
 use crate::copy;
 use crate::quiet;
+use crate::replay;
 use crate::service::Shared;
 
 /// Keepalive on both legs, so that a peer that vanished (host down, partition) is noticed
@@ -119,6 +122,7 @@ thread_local! {
 struct Knobs {
     balance: Balance,
     retries: u32,
+    retry_unanswered: bool,
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     affinity: Option<ZoneAffinity>,
@@ -158,6 +162,65 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
     })
 }
 
+/// Why a client could not be given a backend connection.
+enum Unserved {
+    /// Every backend tried failed (or there was none): the message for the log.
+    NoBackend(&'static str),
+    /// This process is out of descriptors or memory; nobody is to blame.
+    Exhausted(io::Error),
+}
+
+/// Connects to a backend not `tried` yet, moving on to another one after each failure
+/// (recorded for ejection and added to `tried`) until `retries` further attempts are spent.
+async fn connect_some(
+    shared: &Shared,
+    set: &BackendSet,
+    knobs: &Knobs,
+    tried: &mut Vec<usize>,
+) -> Result<(TcpStream, usize), Unserved> {
+    loop {
+        if tried.len() > knobs.retries as usize {
+            break;
+        }
+        let Some(i) = pick(shared, set, knobs, tried) else {
+            break;
+        };
+        let backend = &set.active[i];
+        let attempt = tokio::time::timeout(
+            knobs.connect_timeout,
+            TcpStream::connect((backend.spec.host.as_str(), backend.spec.port)),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(stream)) => {
+                if backends::record_success(&backend.stats, knobs.policy, backends::now_ms()) {
+                    tracing::info!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), "backend restored: a connection succeeded");
+                }
+                tune(&stream);
+                return Ok((stream, i));
+            }
+            // Our own limits, not the backend's fault: blaming it would eject healthy
+            // backends one after another while this process is out of descriptors.
+            Ok(Err(e)) if is_local_exhaustion(&e) => return Err(Unserved::Exhausted(e)),
+            Ok(Err(e)) => shared.connect_failed(set, backend, knobs.policy, &e.to_string()),
+            Err(_) => shared.connect_failed(set, backend, knobs.policy, "connect timed out"),
+        }
+        tried.push(i);
+    }
+    Err(Unserved::NoBackend(if set.active.is_empty() {
+        "no backends"
+    } else {
+        "no backend could be reached"
+    }))
+}
+
+fn note(shared: &Shared, unserved: Unserved) {
+    match unserved {
+        Unserved::NoBackend(why) => shared.note_unserved(why),
+        Unserved::Exhausted(e) => shared.note_unserved(&format!("cannot open a connection: {e}")),
+    }
+}
+
 /// Serves one accepted client connection to its end.
 pub async fn serve(shared: &Shared, client: TcpStream) {
     if !ACCEPTED_INHERIT_OPTIONS {
@@ -172,6 +235,7 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
         Knobs {
             balance: config.balance,
             retries: config.retries,
+            retry_unanswered: config.retry_unanswered,
             connect_timeout: config.connect_timeout.get(),
             idle_timeout: config.idle_timeout.map(|t| t.get()),
             affinity: shared.zone.load().as_ref().as_ref().map(|_| ZoneAffinity {
@@ -185,47 +249,44 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
     let set = shared.set.load_full();
     // Backends tried and failed; no allocation unless a connect fails.
     let mut tried: Vec<usize> = Vec::new();
-    let connected = loop {
-        if tried.len() > knobs.retries as usize {
-            break None;
-        }
-        let Some(i) = pick(shared, &set, &knobs, &tried) else {
-            break None;
-        };
-        let backend = &set.active[i];
-        let attempt = tokio::time::timeout(
-            knobs.connect_timeout,
-            TcpStream::connect((backend.spec.host.as_str(), backend.spec.port)),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(stream)) => {
-                if backends::record_success(&backend.stats, knobs.policy, backends::now_ms()) {
-                    tracing::info!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), "backend restored: a connection succeeded");
+    let (mut upstream, mut i) = match connect_some(shared, &set, &knobs, &mut tried).await {
+        Ok(connected) => connected,
+        Err(unserved) => return note(shared, unserved),
+    };
+    if knobs.retry_unanswered {
+        let mut kept = replay::Kept::default();
+        loop {
+            let exchange =
+                replay::first_exchange(&client, &upstream, &mut kept, knobs.idle_timeout);
+            let ended = tokio::select! {
+                ended = exchange => ended,
+                _ = shared.cut.cancelled() => return,
+            };
+            match ended {
+                replay::FirstExchange::Relay => break,
+                replay::FirstExchange::Unanswered(e) => {
+                    let backend = &set.active[i];
+                    backend.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), error = %e, "request unanswered; sending it to another backend");
+                    tried.push(i);
+                    (upstream, i) = match connect_some(shared, &set, &knobs, &mut tried).await {
+                        Ok(connected) => connected,
+                        Err(unserved) => return note(shared, unserved),
+                    };
                 }
-                break Some((stream, backend.stats.clone()));
+                replay::FirstExchange::ClientFailed(e) => {
+                    tracing::debug!(service = %shared.name, error = %e, "client failed before its backend answered");
+                    return;
+                }
+                replay::FirstExchange::Idle => {
+                    tracing::debug!(service = %shared.name, "connection closed: idle timeout");
+                    return;
+                }
             }
-            Ok(Err(e)) if is_local_exhaustion(&e) => {
-                // Our own limits, not the backend's fault: blaming it would eject healthy
-                // backends one after another while this process is out of descriptors.
-                shared.note_unserved(&format!("cannot open a connection: {e}"));
-                return;
-            }
-            Ok(Err(e)) => shared.connect_failed(&set, backend, knobs.policy, &e.to_string()),
-            Err(_) => shared.connect_failed(&set, backend, knobs.policy, "connect timed out"),
         }
-        tried.push(i);
-    };
-    let Some((upstream, stats)) = connected else {
-        shared.note_unserved(if set.active.is_empty() {
-            "no backends"
-        } else {
-            "no backend could be reached"
-        });
-        return;
-    };
+    }
+    let stats = set.active[i].stats.clone();
     drop(set);
-    tune(&upstream);
     stats.active.fetch_add(1, Ordering::Relaxed);
     stats.total.fetch_add(1, Ordering::Relaxed);
     let drain = stats.drain.load_full();

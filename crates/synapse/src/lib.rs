@@ -12,6 +12,8 @@
 //! - [`service`]: a service at run time: listener, accept loop with backpressure, and the
 //!   follower that turns registry views (or the cache, or `default_servers`) into sets.
 //! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
+//! - [`replay`]: `retry_unanswered`: a request its backend closed on before answering is
+//!   sent again to another backend.
 //! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
 //! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
 //! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
@@ -38,6 +40,7 @@ pub mod forward;
 pub mod limit;
 pub mod quiet;
 pub mod reload;
+pub mod replay;
 pub mod service;
 
 use std::collections::{BTreeMap, HashSet};

@@ -214,6 +214,7 @@ impl Shared {
             active: b.stats.active(),
             total: b.stats.total.load(Ordering::Relaxed),
             connect_failures: b.stats.connect_failures.load(Ordering::Relaxed),
+            unanswered: b.stats.unanswered.load(Ordering::Relaxed),
         };
         let mut backends: Vec<BackendStatus> =
             set.active.iter().map(|b| describe(b, "healthy")).collect();
@@ -257,6 +258,7 @@ pub struct BackendStatus {
     pub active: u64,
     pub total: u64,
     pub connect_failures: u64,
+    pub unanswered: u64,
 }
 
 /// Backends from registry instances, in instance-id order.

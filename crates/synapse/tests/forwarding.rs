@@ -237,3 +237,116 @@ async fn run_serves_until_its_shutdown_future_completes() {
     assert!(report.drained);
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// A request/response server: answers the first line of each connection with
+/// `<name>: <line>` and closes, or, when `answers` is false, reads the line and closes
+/// without a byte, as a backend killed with the request in flight does to its clients.
+/// Returns its port and how many requests it has read.
+async fn request_server(
+    name: &'static str,
+    answers: bool,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.is_err() || line.is_empty() {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                if answers {
+                    let answer = format!("{name}: {line}");
+                    let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Sends one request line (half-closing after it when `half_close`) and reads the answer
+/// to the end; an empty answer is the connection closed unanswered.
+async fn request(addr: std::net::SocketAddr, line: &str, half_close: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(line.as_bytes()).await?;
+        if half_close {
+            stream.shutdown().await?;
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timed out".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn retry_unanswered_sends_a_request_its_backend_dropped_to_another_backend() {
+    let etcd = EtcdServer::start().await;
+    let (mute, mute_seen) = request_server("mute", false).await;
+    let (ok, ok_seen) = request_server("b", true).await;
+    for service in ["web", "plain"] {
+        register(&etcd, service, "mute", mute);
+        register(&etcd, service, "b", ok);
+    }
+    let mut web = service("web");
+    web.retry_unanswered = true;
+    let synapse = start(config(etcd.endpoint(), vec![web, service("plain")])).await;
+    for service in ["web", "plain"] {
+        wait_backends(&synapse, service, &[mute, ok]).await;
+    }
+
+    // Round robin sends every other connection to the backend that drops requests.
+    let addr = synapse.listen_addr("web").unwrap();
+    for i in 0..20 {
+        let line = format!("request {i}\n");
+        let answer = request(addr, &line, i % 2 == 0).await;
+        assert_eq!(answer, format!("b: {line}"), "request {i}");
+    }
+    let dropped = mute_seen.load(Ordering::SeqCst);
+    assert!(dropped >= 5, "the mute backend saw {dropped} requests");
+    assert_eq!(ok_seen.load(Ordering::SeqCst), 20);
+    let status = synapse.status();
+    let unanswered = status["web"]
+        .backends
+        .iter()
+        .find(|b| b.port == mute)
+        .map(|b| b.unanswered);
+    assert_eq!(unanswered, Some(dropped as u64), "{:?}", status["web"]);
+
+    // Without the option, the same backends fail those clients: nothing is replayed.
+    let addr = synapse.listen_addr("plain").unwrap();
+    let mut unanswered = 0;
+    for i in 0..20 {
+        let line = format!("request {i}\n");
+        let answer = request(addr, &line, i % 2 == 0).await;
+        if answer.is_empty() || answer.starts_with("error") {
+            unanswered += 1;
+        } else {
+            assert_eq!(answer, format!("b: {line}"));
+        }
+    }
+    assert!(unanswered >= 5, "{unanswered} of 20 went unanswered");
+
+    // A protocol where the server speaks first is relayed as before.
+    let greeter = Backend::start("g").await;
+    register(&etcd, "web", "g", greeter.port());
+    deregister(&etcd, "web", "mute");
+    deregister(&etcd, "web", "b");
+    wait_backends(&synapse, "web", &[greeter.port()]).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    assert_eq!(greet(addr).await.as_deref(), Ok("g"));
+    synapse.shutdown().await;
+}
