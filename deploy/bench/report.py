@@ -45,8 +45,8 @@ SINGLE = collections.OrderedDict([
     ("rem_p99_ms", "removal -> unroutable p99 (ms)"),
     ("etcd_rtt_p50_ms", "etcd put/delete round trip p50 (ms, inside the above)"),
     ("reg_miss", "registrations not routable within 3 s"),
-    ("failover_failed", "failover: failed requests (backend killed -9 under load)"),
-    ("failover_ok", "failover: successful requests in the same 6 s"),
+    ("failover_failed", "failover: failed requests, worst round (a backend killed -9 under load)"),
+    ("failover_ok", "failover: successful requests in the same 6 s (median of the rounds)"),
 ])
 
 
@@ -69,9 +69,15 @@ def load(path):
     return data, paths
 
 
+# Figures where one bad round is the news: reported as the worst round, not the median.
+WORST_OF_ROUNDS = {"failover_failed"}
+
+
 def med(data, metric, path):
     v = data.get((metric, path))
-    return statistics.median(v) if v else None
+    if not v:
+        return None
+    return max(v) if metric in WORST_OF_ROUNDS else statistics.median(v)
 
 
 def spread(data, metric, path):
@@ -171,7 +177,7 @@ def targets(data, syns):
         "bulk >= 1.3x HAProxy (1 / 8 streams)",
         "p99 no worse than HAProxy (keepalive / new connection)",
         "registration -> routable p99 < 20 ms",
-        "0 failed requests in failover",
+        "0 failed requests in failover (worst round)",
         "idle RSS < 10 MB",
         "RSS < 100 MB with 10,000 idle connections",
     ]
@@ -277,7 +283,8 @@ def main():
         f"- method: loopback only; nginx (1 worker, 17-byte body) as the backend, iperf3 for bulk; "
         f"HAProxy {meta.get('haproxy', '')} in TCP mode with nbthread {meta.get('threads', '?')} "
         f"(synapse's runtime has as many workers); wrk -t1 -c{meta.get('conns', '?')}, "
-        f"{meta.get('secs', '?')} s per step; paths alternate A B C, {meta.get('rounds', '?')} rounds; "
+        f"{meta.get('secs', '?')} s per step; paths alternate, each round starting one path later "
+        f"(A B C, B C A, C A B), {meta.get('rounds', '?')} rounds; "
         "each cell is the median, ±x% is half the min-max range over the rounds.",
         "- everything (load generator, proxy, backend) shares the same CPUs, as on a real host "
         "with a sidecar; the absolute numbers are small and noisy, the ratios are the point.",

@@ -193,7 +193,7 @@ services:
   - {name: web, listen: "127.0.0.1:$2", max_connections: 100000}
   - {name: iperf, listen: "127.0.0.1:$3"}
   - {name: hold, listen: "127.0.0.1:$4", max_connections: 100000}
-  - {name: fo, listen: "127.0.0.1:$5"}
+  - {name: fo, listen: "127.0.0.1:$5", retry_unanswered: true}
   - {name: probe, listen: "127.0.0.1:$6", startup_wait: 30s}
   - {name: bulk, listen: "127.0.0.1:$7", startup_wait: 30s}
 EOF
@@ -324,12 +324,21 @@ iperf_run() { # PREFIX PATH ROUND PORT STREAMS
   fi
   log "$1 $2 #$3: $gbps Gb/s, proxy CPU ${cpu} s/GB"
 }
+# The paths in round R's order: each round starts one path later (A B C, B C A, C A B), so
+# no path is always measured first or last in a round (the machine's load drifts within one).
+rotated() { # ROUND PATH...
+  local r=$1 n i
+  shift
+  n=$#
+  local paths=("$@")
+  for ((i = 0; i < n; i++)); do echo "${paths[$(((i + r - 1) % n))]}"; done
+}
 run_suite() { # PATH-LIST... (ports in WEB/IPERF)
   local r p
-  for r in $(seq 1 "$ROUNDS"); do for p in "$@"; do wrk_run keepalive "$p" "$r" "${WEB[$p]}"; done; done
-  for r in $(seq 1 "$ROUNDS"); do for p in "$@"; do wrk_run newconn "$p" "$r" "${WEB[$p]}" -H "Connection: close"; done; done
-  for r in $(seq 1 "$ROUNDS"); do for p in "$@"; do iperf_run bulk1 "$p" "$r" "${IPERF[$p]}" 1; done; done
-  for r in $(seq 1 "$ROUNDS"); do for p in "$@"; do iperf_run bulk8 "$p" "$r" "${IPERF[$p]}" 8; done; done
+  for r in $(seq 1 "$ROUNDS"); do for p in $(rotated "$r" "$@"); do wrk_run keepalive "$p" "$r" "${WEB[$p]}"; done; done
+  for r in $(seq 1 "$ROUNDS"); do for p in $(rotated "$r" "$@"); do wrk_run newconn "$p" "$r" "${WEB[$p]}" -H "Connection: close"; done; done
+  for r in $(seq 1 "$ROUNDS"); do for p in $(rotated "$r" "$@"); do iperf_run bulk1 "$p" "$r" "${IPERF[$p]}" 1; done; done
+  for r in $(seq 1 "$ROUNDS"); do for p in $(rotated "$r" "$@"); do iperf_run bulk8 "$p" "$r" "${IPERF[$p]}" 8; done; done
 }
 log "load: $ROUNDS rounds x ${SECS}s per step, wrk -t1 -c$CONNS, paths ${PATHS[*]}"
 run_suite "${PATHS[@]}"
@@ -374,24 +383,26 @@ for s in "${SYNS[@]}"; do
 done
 
 # --- failover: one of two backends killed -9 under new-connection load -------------------------
-failover() { # PATH PORT
+failover() { # PATH PORT ROUND
   wait_for 10 "failover backend a" http_ok "$FO_A"
   sleep 1.5 # let health checks / ejections settle after a restart
-  local out=$BASE/failover-$1.log
+  local out=$BASE/failover-$1-$3.log
   "$BENCH_BIN" load --target "127.0.0.1:$2" --concurrency 16 --secs 6 >"$out" 2>&1 &
   local l=$!
   PIDS+=($l)
   sleep 2
   stop "$FO_A_PID"
   wait "$l" 2>/dev/null || true
-  result failover_failed "$1" 1 "$(sed -n 's/^failed=//p' "$out")"
-  result failover_ok "$1" 1 "$(sed -n 's/^ok=//p' "$out")"
-  log "failover $1: $(tr '\n' ' ' <"$out")"
+  result failover_failed "$1" "$3" "$(sed -n 's/^failed=//p' "$out")"
+  result failover_ok "$1" "$3" "$(sed -n 's/^ok=//p' "$out")"
+  log "failover $1 #$3: $(tr '\n' ' ' <"$out")"
   start fo-a "$DEMO_BIN" a "127.0.0.1:$FO_A"
   FO_A_PID=$LAST_PID
 }
-failover haproxy "$H_FO"
-for s in "${SYNS[@]}"; do failover "$s" "${SFO[$s]}"; done
+for r in $(seq 1 "$ROUNDS"); do
+  failover haproxy "$H_FO" "$r"
+  for s in "${SYNS[@]}"; do failover "$s" "${SFO[$s]}" "$r"; done
+done
 
 # --- report ------------------------------------------------------------------------------------
 {
