@@ -165,10 +165,14 @@ impl Check {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            // The timeout drops this future; the child must not outlive it.
+            // The timeout drops this future; the child must not outlive it, nor must
+            // what it started (`sh -c "curl ... | grep ..."`): its own process group lets
+            // the whole tree be killed at once.
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let mut group = KillGroupOnDrop(child.id());
         let mut stderr = Vec::new();
         if let Some(mut pipe) = child.stderr.take() {
             // A check that writes more than this is cut, not waited on forever.
@@ -178,6 +182,8 @@ impl Check {
             .wait()
             .await
             .map_err(|e| format!("waiting for {program:?}: {e}"))?;
+        // Reaped: its pid, and with it the group id, may now belong to someone else.
+        group.0 = None;
         if status.success() {
             return Ok(());
         }
@@ -195,6 +201,26 @@ impl Check {
             Err(format!("{}: {code}", self.describe()))
         } else {
             Err(format!("{}: {code}: {tail}", self.describe()))
+        }
+    }
+}
+
+/// Kills an exec check's process group (its leader's pid) when the check is abandoned at
+/// its timeout. Only armed while the leader is not reaped: until then its pid cannot be
+/// reused, so the signal cannot reach an unrelated group.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let Some(pgid) = self.0.and_then(|id| i32::try_from(id).ok()) else {
+            return;
+        };
+        use nix::sys::signal::{killpg, Signal};
+        if let Err(e) = killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL) {
+            // ESRCH: everything in it has exited already.
+            if e != nix::errno::Errno::ESRCH {
+                tracing::warn!(pgid, error = %e, "cannot kill an exec check's processes");
+            }
         }
     }
 }

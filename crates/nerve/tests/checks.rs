@@ -167,6 +167,46 @@ async fn exec_passes_on_exit_0_and_fails_with_the_stderr_tail() {
     );
 }
 
+/// Whether `pid` is still running (gone or a zombie waiting to be reaped: not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn an_exec_check_killed_at_its_timeout_takes_what_it_started_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // A shell that starts a long job in the background, then waits itself.
+    let script = format!("sleep 60 & echo $! > {}; sleep 60", pid_file.display());
+    let item = format!(
+        "  - {{name: s, host: 127.0.0.1, port: 1, checks: [{{type: exec, command: [/bin/sh, -c, {script:?}], timeout: 300ms}}]}}\n"
+    );
+    let err = run(&item).await.unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    testkit::wait_until(
+        "the check's background job is killed",
+        Duration::from_secs(5),
+        || async { !running(pid) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn every_check_must_pass() {
     let b = Backend::start("x").await;

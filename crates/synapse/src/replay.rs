@@ -6,7 +6,9 @@
 //! exchange*: synapse forwards what the client sends and keeps a copy of it (up to
 //! [`KEEP_AT_MOST`] bytes) until the backend sends its first byte. If the backend closes or
 //! resets the connection before that, [`first_exchange`] says so and the forwarder connects
-//! to another backend and sends the kept bytes again (a client half-close included).
+//! to another backend and sends the kept bytes again (a client half-close included). That
+//! includes a backend that goes away before the client has said anything: the client has
+//! not been served, and the connection moves to another backend with nothing to replay.
 //!
 //! The phase ends, and the connection is relayed as usual, as soon as the backend has
 //! something to send (a reply, or a greeting of a protocol where the server speaks first),
@@ -41,8 +43,7 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Whether there is anything to replay: a backend that closes a connection on which
-    /// the client has sent nothing is not failing a request.
+    /// Whether the client has sent anything yet.
     pub fn has_request(&self) -> bool {
         !self.bytes.is_empty()
     }
@@ -54,8 +55,8 @@ pub enum FirstExchange {
     /// The backend has something to send, or the client sent more than is kept (or
     /// nothing, then closed, and so did the backend): relay from here.
     Relay,
-    /// The backend closed or reset the connection after the client sent a request and
-    /// before a byte came back. Everything the client sent is still in [`Kept`].
+    /// The backend closed or reset the connection before a byte came back (and before
+    /// the client went away). Everything the client sent, if anything, is in [`Kept`].
     Unanswered(io::Error),
     /// The client reset its connection or could not be read from.
     ClientFailed(io::Error),
@@ -92,24 +93,6 @@ pub async fn first_exchange(
         let to_read = !to_write && !kept.client_closed;
         let progress = tokio::select! {
             biased;
-            ready = upstream.readable() => {
-                if let Err(e) = ready {
-                    return FirstExchange::Unanswered(e);
-                }
-                match upstream.try_io(Interest::READABLE, || peek_one(upstream)) {
-                    Ok(0) if kept.has_request() => {
-                        return FirstExchange::Unanswered(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed the connection before answering",
-                        ))
-                    }
-                    // Nothing was asked: its close (or greeting) is the relay's to pass on.
-                    Ok(_) => return finish(upstream, &kept.bytes[written..]).await,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                    Err(e) if kept.has_request() => return FirstExchange::Unanswered(e),
-                    Err(_) => return FirstExchange::Relay,
-                }
-            }
             ready = upstream.writable(), if to_write => {
                 if let Err(e) = ready {
                     return FirstExchange::Unanswered(e);
@@ -139,6 +122,26 @@ pub async fn first_exchange(
                     Ok(_) => true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                     Err(e) => return FirstExchange::ClientFailed(e),
+                }
+            }
+            ready = upstream.readable() => {
+                if let Err(e) = ready {
+                    return FirstExchange::Unanswered(e);
+                }
+                match upstream.try_io(Interest::READABLE, || peek_one(upstream)) {
+                    Ok(0) if kept.client_closed && !kept.has_request() => {
+                        // The client left without a word, and the backend followed.
+                        return FirstExchange::Relay;
+                    }
+                    Ok(0) => {
+                        return FirstExchange::Unanswered(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed the connection before answering",
+                        ))
+                    }
+                    Ok(_) => return finish(upstream, &kept.bytes[written..]).await,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(e) => return FirstExchange::Unanswered(e),
                 }
             }
             _ = &mut timer, if idle.is_some() => return FirstExchange::Idle,
@@ -244,6 +247,37 @@ mod tests {
         );
         assert!(matches!(ended, FirstExchange::Relay), "{ended:?}");
         assert_eq!(got, b"GET /");
+    }
+
+    #[tokio::test]
+    async fn a_backend_gone_before_the_client_spoke_is_unanswered_too() {
+        let (_client_far, client) = pair().await;
+        let (upstream, backend) = pair().await;
+        drop(backend);
+        let mut kept = Kept::default();
+        let ended = first_exchange(&client, &upstream, &mut kept, None).await;
+        assert!(matches!(ended, FirstExchange::Unanswered(_)), "{ended:?}");
+        assert!(!kept.has_request());
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_without_a_word_is_relayed_once_the_backend_follows() {
+        let (client_far, client) = pair().await;
+        let (upstream, mut backend) = pair().await;
+        drop(client_far);
+        let backend_side = async {
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            drop(backend);
+            got
+        };
+        let mut kept = Kept::default();
+        let (ended, got) = tokio::join!(
+            first_exchange(&client, &upstream, &mut kept, None),
+            backend_side
+        );
+        assert!(matches!(ended, FirstExchange::Relay), "{ended:?}");
+        assert!(got.is_empty());
     }
 
     #[tokio::test]
