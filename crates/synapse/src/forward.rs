@@ -170,8 +170,9 @@ enum Unserved {
     Exhausted(io::Error),
 }
 
-/// Connects to a backend not `tried` yet, moving on to another one after each failure
-/// (recorded for ejection and added to `tried`) until `retries` further attempts are spent.
+/// Connects to a backend, moving on to another one after each failure (recorded for
+/// ejection and added to `tried`) until `retries` further attempts are spent. Backends not
+/// tried yet come first; once all have failed, they are tried again.
 async fn connect_some(
     shared: &Shared,
     set: &BackendSet,
@@ -182,7 +183,14 @@ async fn connect_some(
         if tried.len() > knobs.retries as usize {
             break;
         }
-        let Some(i) = pick(shared, set, knobs, tried) else {
+        let Some(i) = pick(shared, set, knobs, tried).or_else(|| {
+            // Every backend has failed this connection once: with attempts left, go round
+            // again. What failed may have been a dropped SYN or a full accept queue for a
+            // moment, and with one backend there is nowhere else to go.
+            (!tried.is_empty())
+                .then(|| pick(shared, set, knobs, &[]))
+                .flatten()
+        }) else {
             break;
         };
         let backend = &set.active[i];
@@ -247,7 +255,7 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
     // Held across the connect awaits (a failure is judged against this set), so a full
     // reference rather than a guard.
     let set = shared.set.load_full();
-    // Backends tried and failed; no allocation unless a connect fails.
+    // Backends tried and failed, once per failed attempt; no allocation unless one fails.
     let mut tried: Vec<usize> = Vec::new();
     let (mut upstream, mut i) = match connect_some(shared, &set, &knobs, &mut tried).await {
         Ok(connected) => connected,

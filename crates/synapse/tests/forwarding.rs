@@ -205,10 +205,21 @@ async fn a_connect_failure_moves_to_another_backend() {
         dead.connect_failures >= 5,
         "round robin kept trying it: {dead:?}"
     );
-    // With every backend dead, the client's connection is closed without data.
+    // With every backend dead, the client's connection is closed without data, after the
+    // one backend left was tried 1 + `retries` times (a lost SYN would have been retried).
     deregister(&etcd, "web", "b");
     wait_backends(&synapse, "web", &[dead_port]).await;
+    let failures = |synapse: &synapse::Synapse| {
+        synapse.status()["web"]
+            .backends
+            .iter()
+            .find(|x| x.port == dead_port)
+            .map(|b| b.connect_failures)
+    };
+    let before = failures(&synapse).unwrap();
     assert!(greet(addr).await.is_err());
+    let retries = service("web").retries as u64;
+    assert_eq!(failures(&synapse), Some(before + 1 + retries));
     synapse.shutdown().await;
 }
 
