@@ -23,6 +23,7 @@ use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::time::Duration;
 
+use bytes::BufMut;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -110,11 +111,14 @@ pub async fn first_exchange(
                 if let Err(e) = ready {
                     return FirstExchange::ClientFailed(e);
                 }
-                let len = kept.bytes.len();
-                kept.bytes.resize(len + READ_CHUNK.min(KEEP_AT_MOST - len), 0);
-                let read = client.try_read(&mut kept.bytes[len..]);
-                kept.bytes.truncate(len + *read.as_ref().unwrap_or(&0));
-                match read {
+                // Read straight into the spare capacity: no zeroing, and no copy to grow
+                // the buffer unless the request is bigger than one chunk.
+                let left = KEEP_AT_MOST - kept.bytes.len();
+                if kept.bytes.capacity() == kept.bytes.len() {
+                    kept.bytes.reserve(READ_CHUNK.min(left));
+                }
+                let room = (kept.bytes.capacity() - kept.bytes.len()).min(left);
+                match client.try_read_buf(&mut (&mut kept.bytes).limit(room)) {
                     Ok(0) => {
                         kept.client_closed = true;
                         true
