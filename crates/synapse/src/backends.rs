@@ -61,6 +61,9 @@ pub struct Stats {
     pub ejections: AtomicU32,
     /// When the last ejection ended, to forget old ejections once healthy long enough.
     pub last_ejection_end: AtomicU64,
+    /// Its DNS name's addresses (unused for an IP literal), kept across set updates with
+    /// the rest of this struct.
+    pub resolution: crate::resolve::Resolution,
     /// Cancelled when the backend has drained for `drain_timeout`; connections watch it.
     /// Replaced by a fresh token when a draining backend returns.
     pub drain: ArcSwap<CancellationToken>,
@@ -73,6 +76,7 @@ impl Default for Stats {
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            resolution: Default::default(),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),

@@ -29,6 +29,7 @@ use crate::config::{Balance, ServiceConfig};
 use crate::copy;
 use crate::quiet;
 use crate::replay;
+use crate::resolve;
 use crate::service::Shared;
 
 /// Keepalive on both legs, so that a peer that vanished (host down, partition) is noticed
@@ -194,11 +195,7 @@ async fn connect_some(
             break;
         };
         let backend = &set.active[i];
-        let attempt = tokio::time::timeout(
-            knobs.connect_timeout,
-            TcpStream::connect((backend.spec.host.as_str(), backend.spec.port)),
-        )
-        .await;
+        let attempt = tokio::time::timeout(knobs.connect_timeout, resolve::dial(backend)).await;
         match attempt {
             Ok(Ok(stream)) => {
                 if backends::record_success(&backend.stats, knobs.policy, backends::now_ms()) {

@@ -14,6 +14,8 @@
 //! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
 //! - [`replay`]: `retry_unanswered`: a request its backend closed on before answering is
 //!   sent again to another backend.
+//! - [`resolve`]: DNS names among the backends, resolved in the background and kept
+//!   through DNS failures.
 //! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
 //! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
 //! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
@@ -41,6 +43,7 @@ pub mod limit;
 pub mod quiet;
 pub mod reload;
 pub mod replay;
+pub mod resolve;
 pub mod service;
 
 use std::collections::{BTreeMap, HashSet};

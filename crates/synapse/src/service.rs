@@ -32,6 +32,7 @@ use crate::cache::CacheWriter;
 use crate::config::{DefaultServer, ServiceConfig};
 use crate::forward;
 use crate::limit::Limit;
+use crate::resolve;
 
 /// How often ejections are checked for expiry and idle draining backends forgotten.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
@@ -164,6 +165,7 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner);
             backends::record_failure(set, &backend.stats, policy, backends::now_ms())
         };
+        backend.stats.resolution.mark_stale();
         let addr = format!("{}:{}", backend.spec.host, backend.spec.port);
         match outcome {
             FailureOutcome::Ejected(length) => {
@@ -215,6 +217,13 @@ impl Shared {
             total: b.stats.total.load(Ordering::Relaxed),
             connect_failures: b.stats.connect_failures.load(Ordering::Relaxed),
             unanswered: b.stats.unanswered.load(Ordering::Relaxed),
+            addresses: resolve::is_name(&b.spec.host).then(|| {
+                b.stats
+                    .resolution
+                    .addrs()
+                    .map(|a| a.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default()
+            }),
         };
         let mut backends: Vec<BackendStatus> =
             set.active.iter().map(|b| describe(b, "healthy")).collect();
@@ -259,6 +268,9 @@ pub struct BackendStatus {
     pub total: u64,
     pub connect_failures: u64,
     pub unanswered: u64,
+    /// For a DNS name: the addresses connections dial (empty until it first resolves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
 }
 
 /// Backends from registry instances, in instance-id order.
@@ -315,6 +327,7 @@ pub struct ServiceRuntime {
     stop_accepting: CancellationToken,
     accept: Option<tokio::task::JoinHandle<()>>,
     follow: tokio::task::JoinHandle<()>,
+    resolve: tokio::task::JoinHandle<()>,
     pub connections: TaskTracker,
 }
 
@@ -338,11 +351,13 @@ impl ServiceRuntime {
             connections.clone(),
         ));
         let follow = tokio::spawn(follow(shared.clone(), sources));
+        let resolve = tokio::spawn(resolve::refresh_loop(shared.clone()));
         ServiceRuntime {
             shared,
             stop_accepting,
             accept: Some(accept),
             follow,
+            resolve,
             connections,
         }
     }
@@ -377,6 +392,7 @@ impl ServiceRuntime {
     /// Stops following the registry (at the very end of a shutdown).
     pub fn stop_following(&self) {
         self.follow.abort();
+        self.resolve.abort();
     }
 
     /// Follows a new discovery (the etcd block changed); the current set is served until
@@ -404,6 +420,7 @@ impl ServiceRuntime {
     pub async fn stop(mut self) -> TaskTracker {
         self.stop_accepting_only().await;
         self.follow.abort();
+        self.resolve.abort();
         self.connections.close();
         if let Some(timeout) = self.shared.config.load().drain_timeout {
             let set = self.shared.set.load_full();
@@ -429,6 +446,7 @@ impl Drop for ServiceRuntime {
     fn drop(&mut self) {
         self.stop_accepting.cancel();
         self.follow.abort();
+        self.resolve.abort();
     }
 }
 

@@ -205,6 +205,7 @@ async fn a_connect_failure_moves_to_another_backend() {
         dead.connect_failures >= 5,
         "round robin kept trying it: {dead:?}"
     );
+    assert_eq!(dead.addresses, None, "an IP literal is never resolved");
     // With every backend dead, the client's connection is closed without data, after the
     // one backend left was tried 1 + `retries` times (a lost SYN would have been retried).
     deregister(&etcd, "web", "b");
@@ -359,5 +360,35 @@ async fn retry_unanswered_sends_a_request_its_backend_dropped_to_another_backend
     wait_backends(&synapse, "web", &[greeter.port()]).await;
     let addr = synapse.listen_addr("web").unwrap();
     assert_eq!(greet(addr).await.as_deref(), Ok("g"));
+    synapse.shutdown().await;
+}
+
+/// A record may name its host: synapse resolves it in the background (here through
+/// /etc/hosts, so no DNS query leaves the machine), shows the addresses it dials in the
+/// status, and routes to it.
+#[tokio::test]
+async fn a_host_given_by_name_is_resolved_and_routed() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register_json(
+        &etcd,
+        "web",
+        "a",
+        &format!(r#"{{"host":"localhost","port":{}}}"#, a.port()),
+    );
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    let expected = format!("127.0.0.1:{}", a.port());
+    wait_until("localhost is resolved", DEADLINE, || async {
+        synapse.status()["web"]
+            .backends
+            .first()
+            .and_then(|b| b.addresses.clone())
+            .is_some_and(|addrs| addrs.contains(&expected))
+    })
+    .await;
+    let (ok, failed) = connect_many(addr, 5).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(ok, vec!["a"; 5]);
     synapse.shutdown().await;
 }
