@@ -124,6 +124,10 @@ fn default_shutdown_timeout() -> ConfigDuration {
 fn default_connect_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(1)
 }
+/// Retries at most per client connection: each one is a connect, and with every backend
+/// refusing they come back to back.
+pub const MAX_RETRIES: u32 = 10;
+
 fn default_retries() -> u32 {
     2
 }
@@ -179,6 +183,15 @@ impl ServiceConfig {
             return Err(FieldError::new(
                 key("connect_timeout"),
                 "must be at least 1ms",
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(FieldError::new(
+                key("retries"),
+                format!(
+                    "{} is more than {MAX_RETRIES}: every client connection could make that many connects while its backends are down",
+                    self.retries
+                ),
             ));
         }
         if self.eject_after == 0 {
@@ -389,6 +402,7 @@ mod tests {
             (svc("    connect_timeout: soon\n"), "services[0].connect_timeout", "invalid duration"),
             (svc("    connect_timeout: 0ms\n"), "services[0].connect_timeout", "at least"),
             (svc("    retries: -1\n"), "services[0].retries", "expected u32"),
+            (svc("    retries: 11\n"), "services[0].retries", "more than 10"),
             (svc("    eject_after: 0\n"), "services[0].eject_after", "at least 1"),
             (svc("    max_ejection_percent: 150\n"), "services[0].max_ejection_percent", "percentage"),
             (svc("    max_connections: 0\n"), "services[0].max_connections", "at least 1"),
