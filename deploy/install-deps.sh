@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a Debian machine, only if missing:
-# protoc (etcd-client compiles .proto files at build time), etcd and etcdctl (tests and the
-# demo run a real etcd).
+# protoc and the well-known .proto files it imports (etcd-client compiles .proto files at build
+# time; with --no-install-recommends, protobuf-compiler alone lacks google/protobuf/*.proto),
+# etcd and etcdctl (tests and the demo run a real etcd).
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 for extra in "$@"; do
