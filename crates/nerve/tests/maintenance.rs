@@ -40,6 +40,14 @@ async fn the_admin_api_takes_services_out_and_back() {
     })
     .await;
     eprintln!("measured: deregistered {took:?} after POST /services/web/disable");
+    // /status learns of the delete when etcd's answer reaches the registrar, which can be
+    // just after a reader already sees the key gone.
+    testkit::wait_until(
+        "status says deregistered",
+        Duration::from_secs(2),
+        || async { status_of(admin, "web", "w1").await["registered"].as_bool() == Some(false) },
+    )
+    .await;
     let s = status_of(admin, "web", "w1").await;
     assert_eq!(
         (
