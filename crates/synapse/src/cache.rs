@@ -4,21 +4,35 @@
 //! It is rewritten whenever a service's view from etcd changes, atomically (a temporary
 //! file in the same directory, fsync, rename), so a crash mid-write leaves the previous
 //! version. Writes happen on a background task that always writes the newest state: a
-//! burst of registry events costs a few writes, not one per event. A cache file that
-//! cannot be read or parsed is ignored with a warning: it is an optimisation, never a
-//! reason not to start.
+//! burst of registry events costs a few writes, not one per event. A write that fails
+//! (directory missing or read-only, disk full) is retried with backoff until it succeeds,
+//! without waiting for the registry to change again. A cache file that cannot be read or
+//! parsed is ignored with a warning: it is an optimisation, never a reason not to start.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use registry::backoff::Backoff;
 use registry::discovery::Instances;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 /// Format version of the file; a different version is ignored.
 const VERSION: u32 = 1;
+
+/// Retries of a failed write: soon for a passing hiccup, at most every 5 s for a directory
+/// that stays unwritable (each attempt is one failed `open`, cheap).
+const RETRY: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+
+/// How long the writer task waits at most before checking whether its writer is gone.
+const CHECK_DROPPED: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +101,7 @@ pub struct CacheWriter {
     path: PathBuf,
     state: Mutex<BTreeMap<String, CachedService>>,
     dirty: Notify,
+    failed_writes: AtomicU64,
 }
 
 impl CacheWriter {
@@ -97,6 +112,7 @@ impl CacheWriter {
             path,
             state: Mutex::new(initial),
             dirty: Notify::new(),
+            failed_writes: AtomicU64::new(0),
         });
         tokio::spawn(Self::run(Arc::downgrade(&writer)));
         writer
@@ -104,6 +120,25 @@ impl CacheWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every service's entry as the writer holds it (what the file holds once written).
+    pub fn entries(&self) -> BTreeMap<String, CachedService> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Writes the file even though nothing changed since `start` (its initial state did
+    /// not come from this file).
+    pub fn write_soon(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// Writes that failed so far (each retry counts).
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_writes.load(Ordering::Relaxed)
     }
 
     /// Records the current instances of `service`.
@@ -137,43 +172,55 @@ impl CacheWriter {
     }
 
     async fn run(writer: std::sync::Weak<Self>) {
-        let mut failing = false;
+        let mut failures = RETRY.start();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let Some(w) = writer.upgrade() else { return };
-            let notified = {
-                let dirty = &w.dirty;
-                // Wait without keeping the writer alive, so dropping it ends this task.
-                let fut = dirty.notified();
+            let due = {
+                // Wake up now and then without keeping the writer alive, so dropping it
+                // ends this task.
+                let check = tokio::time::Instant::now() + CHECK_DROPPED;
+                let wake = retry_at.map_or(check, |at| at.min(check));
                 tokio::select! {
-                    _ = fut => true,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+                    _ = w.dirty.notified() => true,
+                    _ = tokio::time::sleep_until(wake) => {
+                        retry_at.is_some_and(|at| tokio::time::Instant::now() >= at)
+                    }
                 }
             };
-            if !notified {
+            if !due {
                 drop(w);
                 continue;
             }
             let bytes = w.snapshot();
             let path = w.path.clone();
-            drop(w);
             match tokio::task::spawn_blocking(move || {
                 write_atomic(&path, &bytes).map_err(|e| (path, e))
             })
             .await
             {
                 Ok(Ok(())) => {
-                    if failing {
-                        tracing::info!("cache file written again");
+                    if failures.failures() > 0 {
+                        tracing::info!(path = %w.path.display(), "cache file written again");
                     }
-                    failing = false;
+                    failures.reset();
+                    retry_at = None;
                 }
                 Ok(Err((path, e))) => {
-                    if !failing {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the cache file; will retry on the next change");
+                    w.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    let delay = failures.next_delay();
+                    // Once per failing spell, not once per retry.
+                    if failures.failures() == 1 {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the cache file; retrying with backoff");
+                    } else {
+                        tracing::debug!(path = %path.display(), error = %e, retry_in = ?delay, "cache file still not writable");
                     }
-                    failing = true;
+                    retry_at = Some(tokio::time::Instant::now() + delay);
                 }
-                Err(e) => tracing::warn!(error = %e, "cache writer task failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache writer task failed");
+                    retry_at = Some(tokio::time::Instant::now() + failures.next_delay());
+                }
             }
         }
     }
@@ -231,6 +278,39 @@ mod tests {
         }
         // No temporary file is left beside it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The directory appears only after the first write failed: the file follows without
+    /// any further change to store.
+    #[tokio::test]
+    async fn a_failed_write_is_retried_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("later");
+        let path = later.join("cache.json");
+        let w = CacheWriter::start(path.clone(), BTreeMap::new());
+        w.store("web", instances(1), 5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while w.failed_writes() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never failed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        std::fs::create_dir(&later).unwrap();
+        loop {
+            if let Ok(c) = read(&path) {
+                if c.get("web").map(|s| s.instances.clone()) == Some(instances(1).as_ref().clone())
+                {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cache never written after the directory appeared"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -304,12 +304,23 @@ impl Synapse {
             }
         }
         if actions.contains(&Action::CacheFile) {
-            let cached = read_cache(&new);
-            state.cache = new
-                .cache_file
-                .clone()
-                .map(|path| CacheWriter::start(path, cached.clone()));
+            let mut cached = read_cache(&new);
+            // What the old file recorded is at least as recent as what the new path held:
+            // the new file starts with every service's last known set, etcd up or not.
+            if let Some(old) = &state.cache {
+                cached.extend(old.entries());
+            }
+            state.cache = new.cache_file.clone().map(|path| {
+                let writer = CacheWriter::start(path, cached.clone());
+                writer.write_soon();
+                writer
+            });
             state.cached = cached;
+            // Every running service moves to the new writer (or to none), dropping the old
+            // one: a removed or moved cache file is no longer written.
+            for runtime in state.runtimes.values() {
+                runtime.shared.set_cache(state.cache.clone());
+            }
         }
         if actions.contains(&Action::Rediscover) {
             state.etcd = Etcd::new(new.etcd.clone());
@@ -384,13 +395,14 @@ impl Synapse {
                     }
                 }
                 Action::Rediscover => {
-                    let (etcd, cache) = (state.etcd.clone(), state.cache.clone());
+                    let etcd = state.etcd.clone();
                     for (name, runtime) in state.runtimes.iter_mut() {
                         if !started.contains(name) {
-                            runtime.rediscover(
-                                discovery::spawn(etcd.clone(), name, discovery_options(&etcd)),
-                                cache.clone(),
-                            );
+                            runtime.rediscover(discovery::spawn(
+                                etcd.clone(),
+                                name,
+                                discovery_options(&etcd),
+                            ));
                         }
                     }
                     tracing::info!(
@@ -482,6 +494,7 @@ fn start_service(
         .local_addr()
         .with_context(|| format!("service {:?}: listener address", s.name))?;
     let shared = Shared::new(s.clone(), config.zone.clone(), addr, cut.child_token());
+    shared.set_cache(cache.clone());
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
@@ -489,10 +502,6 @@ fn start_service(
     Ok(ServiceRuntime::start(
         shared,
         listener,
-        Sources {
-            discovery,
-            initial,
-            cache: cache.clone(),
-        },
+        Sources { discovery, initial },
     ))
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use registry::discovery::{Discovery, Instances, ServiceView};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -82,6 +82,8 @@ pub struct Shared {
     /// The registry instances served last (from etcd or the cache), for a follower that
     /// replaces this one.
     last_known: Mutex<Option<(Arc<Instances>, Source)>>,
+    /// Where etcd's views are recorded; swapped by a reload that changes `cache_file`.
+    cache: ArcSwapOption<CacheWriter>,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             unserved_warned: AtomicU64::new(0),
             recompute: Notify::new(),
             last_known: Mutex::new(None),
+            cache: ArcSwapOption::empty(),
         })
     }
 
@@ -143,6 +146,13 @@ impl Shared {
     pub fn update_config(&self, config: ServiceConfig) {
         self.limit.set_max(config.max_connections);
         self.config.store(Arc::new(config));
+        self.recompute.notify_one();
+    }
+
+    /// Records etcd's views in `cache` from now on (`None`: nowhere). The follower writes
+    /// the current view to a new writer at once, not at the next registry change.
+    pub fn set_cache(&self, cache: Option<Arc<CacheWriter>>) {
+        self.cache.store(cache);
         self.recompute.notify_one();
     }
 
@@ -337,7 +347,6 @@ pub struct Sources {
     /// Instances to serve until etcd answers (from the cache file, or the last view of a
     /// discovery being replaced).
     pub initial: Option<(Arc<Instances>, Source)>,
-    pub cache: Option<Arc<CacheWriter>>,
 }
 
 impl ServiceRuntime {
@@ -397,7 +406,7 @@ impl ServiceRuntime {
 
     /// Follows a new discovery (the etcd block changed); the current set is served until
     /// the new one answers.
-    pub fn rediscover(&mut self, discovery: Discovery, cache: Option<Arc<CacheWriter>>) {
+    pub fn rediscover(&mut self, discovery: Discovery) {
         self.follow.abort();
         let initial = self
             .shared
@@ -405,14 +414,7 @@ impl ServiceRuntime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        self.follow = tokio::spawn(follow(
-            self.shared.clone(),
-            Sources {
-                discovery,
-                initial,
-                cache,
-            },
-        ));
+        self.follow = tokio::spawn(follow(self.shared.clone(), Sources { discovery, initial }));
     }
 
     /// Stops accepting and following the registry; live connections run on (cut after
@@ -502,14 +504,13 @@ async fn accept_loop(
 /// Keeps the service's backend set in line with etcd (or the cache, or the defaults), and
 /// does the housekeeping: expired ejections, forgotten drained backends, drain timeouts.
 async fn follow(shared: Arc<Shared>, sources: Sources) {
-    let Sources {
-        discovery,
-        initial,
-        cache,
-    } = sources;
+    let Sources { discovery, initial } = sources;
     let mut views = discovery.subscribe();
     let mut applied: Option<(Vec<BackendSpec>, Source)> = None;
+    // What was last given to which writer; a weak reference, so that a writer a reload
+    // dropped is not kept alive (and writing) by this task.
     let mut cached_instances: Option<Arc<Instances>> = None;
+    let mut cached_to: std::sync::Weak<CacheWriter> = std::sync::Weak::new();
     let (initial, initial_source) = match initial {
         Some((i, s)) => (Some(i), s),
         None => (None, Source::Cache),
@@ -559,12 +560,15 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
             }
             registry.source = chosen.as_ref().map(|(_, s)| *s);
         }
-        if let (Some(v), Some(cache)) = (&view, &cache) {
-            if cached_instances
-                .as_ref()
-                .is_none_or(|c| !Arc::ptr_eq(c, &v.instances))
+        if let (Some(v), Some(cache)) = (&view, shared.cache.load_full()) {
+            let new_writer = !std::sync::Weak::ptr_eq(&cached_to, &Arc::downgrade(&cache));
+            if new_writer
+                || cached_instances
+                    .as_ref()
+                    .is_none_or(|c| !Arc::ptr_eq(c, &v.instances))
             {
                 cached_instances = Some(v.instances.clone());
+                cached_to = Arc::downgrade(&cache);
                 cache.store(&shared.name, v.instances.clone(), v.revision);
             }
         }

@@ -239,3 +239,86 @@ async fn a_hung_etcd_does_not_delay_serving_from_the_cache_and_its_answer_wins_a
     .await;
     synapse.shutdown().await;
 }
+
+/// The instance ports `path` records for `service` (empty when absent or unreadable).
+fn cached_ports(path: &std::path::Path, service: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = synapse::cache::read(path)
+        .ok()
+        .and_then(|c| c.get(service).cloned())
+        .map(|s| s.instances.values().map(|r| r.port).collect())
+        .unwrap_or_default();
+    ports.sort();
+    ports
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_or_removes_the_cache_file_reaches_every_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.json"), dir.path().join("two.json"));
+    let etcd = EtcdServer::start().await;
+    let (a, b, c, d) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+        Backend::start("d").await,
+    );
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "api", "b", b.port());
+    let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
+    cfg.cache_file = Some(one.clone());
+    let synapse = start(cfg.clone()).await;
+    wait_until(
+        "the first cache file holds both services",
+        DEADLINE,
+        || async {
+            cached_ports(&one, "web") == [a.port()] && cached_ports(&one, "api") == [b.port()]
+        },
+    )
+    .await;
+
+    // A new path: written at once with every service's set, no registry change needed.
+    cfg.cache_file = Some(two.clone());
+    let actions = synapse.reload(cfg.clone()).await.unwrap();
+    assert_eq!(actions, vec![synapse::Action::CacheFile]);
+    wait_until(
+        "the new cache file holds both services",
+        DEADLINE,
+        || async {
+            cached_ports(&two, "web") == [a.port()] && cached_ports(&two, "api") == [b.port()]
+        },
+    )
+    .await;
+    // Later changes go to the new file only.
+    register(&etcd, "web", "c", c.port());
+    let mut ac = vec![a.port(), c.port()];
+    ac.sort();
+    wait_until("the new cache file follows etcd", DEADLINE, || async {
+        cached_ports(&two, "web") == ac
+    })
+    .await;
+    assert_eq!(
+        cached_ports(&one, "web"),
+        [a.port()],
+        "the old file is left alone"
+    );
+
+    // Removed: the file is no longer written (and left where it is).
+    cfg.cache_file = None;
+    synapse.reload(cfg).await.unwrap();
+    register(&etcd, "web", "d", d.port());
+    let mut acd = vec![a.port(), c.port(), d.port()];
+    acd.sort();
+    wait_backends(&synapse, "web", &acd).await;
+    // The follower hands a view to its writer before installing it, and the writer writes
+    // within milliseconds: watch the file for a while to see that nothing comes.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            cached_ports(&two, "web"),
+            ac,
+            "a removed cache file was written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    synapse.shutdown().await;
+}
