@@ -11,8 +11,14 @@
 //! - A watch cancelled for compaction resyncs at once (a full get, then a watch from its
 //!   revision + 1), never retrying the same start revision.
 //! - A stream that stops answering is detected: HTTP/2 keepalive on the channel, plus a
-//!   progress request every `progress_interval`; silence for two intervals drops the
-//!   stream and moves to the next member.
+//!   progress request every `progress_interval`; a stream silent for two intervals since
+//!   its last message is dropped (a deadline reset by every message, so the bound is two
+//!   intervals, not up to three as a check on the ticks would give) and discovery moves to
+//!   the next member.
+//! - The reconnect backoff starts over once a watch is established after a get: an outage
+//!   long after the last one is retried at the initial delay, not at the maximum.
+//! - Each lost watch is logged once per service per outage ("watch lost"), and each
+//!   service logs "resynced with etcd" when its get and watch succeed again.
 //! - While etcd is unreachable the last view stays published (static stability); only
 //!   `connected` flips.
 //! - A value that is not a valid record is skipped with one warning naming the key (per
@@ -22,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
@@ -213,7 +219,18 @@ enum Ended {
     /// Resync at once.
     Compacted,
     /// Resync after backoff; `generation` of the session to rotate away from.
-    Failed(u64),
+    /// `established`: etcd confirmed the watch before it failed.
+    Failed { generation: u64, established: bool },
+}
+
+/// Whether the reconnect backoff starts over before waiting after a round that ended so:
+/// a sync whose watch was established is a success, and the failure that follows (maybe
+/// hours later) is the first of a new outage.
+fn backoff_starts_over(ended: &Ended) -> bool {
+    match ended {
+        Ended::Compacted => true,
+        Ended::Failed { established, .. } => *established,
+    }
 }
 
 impl Watcher {
@@ -237,20 +254,19 @@ impl Watcher {
             }
             if !ever_synced {
                 tracing::info!(service = %self.service, instances = self.instances.len(), revision = self.revision, "discovered");
-            } else if backoff.failures() > 0 {
+            } else if self.reported_down {
                 tracing::info!(service = %self.service, instances = self.instances.len(), revision = self.revision, "resynced with etcd");
             }
             ever_synced = true;
             self.reported_down = false;
-            match self.watch(session.client, session.generation).await {
-                Ended::Compacted => {}
-                Ended::Failed(generation) => {
-                    self.etcd.failed(generation).await;
-                    backoff.wait().await;
-                    continue;
-                }
+            let ended = self.watch(session.client, session.generation).await;
+            if backoff_starts_over(&ended) {
+                backoff.reset();
             }
-            backoff.reset();
+            if let Ended::Failed { generation, .. } = ended {
+                self.etcd.failed(generation).await;
+                backoff.wait().await;
+            }
         }
     }
 
@@ -336,17 +352,30 @@ impl Watcher {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     self.disconnected(&format!("watch: {e}"), true);
-                    return Ended::Failed(generation);
+                    return Ended::Failed {
+                        generation,
+                        established: false,
+                    };
                 }
                 Err(_) => {
                     self.disconnected("watch creation timed out", true);
-                    return Ended::Failed(generation);
+                    return Ended::Failed {
+                        generation,
+                        established: false,
+                    };
                 }
             };
+        let mut established = false;
+        let failed = |established| Ended::Failed {
+            generation,
+            established,
+        };
         let interval = self.options.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_message = Instant::now();
+        let silence_limit = interval * 2;
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 message = stream.message() => {
@@ -354,14 +383,14 @@ impl Watcher {
                         Ok(Some(r)) => r,
                         Ok(None) => {
                             self.disconnected("watch stream closed by etcd", true);
-                            return Ended::Failed(generation);
+                            return failed(established);
                         }
                         Err(e) => {
                             self.disconnected(&format!("watch stream: {e}"), true);
-                            return Ended::Failed(generation);
+                            return failed(established);
                         }
                     };
-                    last_message = Instant::now();
+                    silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
                     let mut changes = Vec::with_capacity(response.events().len());
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
@@ -400,9 +429,10 @@ impl Watcher {
                                 return Ended::Compacted;
                             }
                             self.disconnected(&reason, true);
-                            return Ended::Failed(generation);
+                            return failed(established);
                         }
                         Step::Apply { changes, revision } => {
+                            established = true;
                             let mut changed = false;
                             for change in changes {
                                 changed |= apply(&mut self.instances, change);
@@ -426,14 +456,14 @@ impl Watcher {
                         }
                     }
                 }
+                _ = &mut silence => {
+                    self.disconnected(&format!("watch stream silent for {silence_limit:?}"), true);
+                    return failed(established);
+                }
                 _ = ticker.tick() => {
-                    if last_message.elapsed() > interval * 2 {
-                        self.disconnected(&format!("watch stream silent for {:?}", last_message.elapsed()), true);
-                        return Ended::Failed(generation);
-                    }
                     if let Err(e) = stream.request_progress().await {
                         self.disconnected(&format!("progress request: {e}"), true);
-                        return Ended::Failed(generation);
+                        return failed(established);
                     }
                 }
             }
@@ -534,6 +564,19 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_backoff_starts_over_once_a_watch_was_established() {
+        assert!(backoff_starts_over(&Ended::Compacted));
+        assert!(backoff_starts_over(&Ended::Failed {
+            generation: 1,
+            established: true
+        }));
+        assert!(!backoff_starts_over(&Ended::Failed {
+            generation: 1,
+            established: false
+        }));
     }
 
     #[test]

@@ -203,3 +203,69 @@ async fn discovery_starts_while_etcd_is_down() {
     etcd.restart().await;
     wait_ids(&d, &["a"]).await;
 }
+
+/// After a long outage has driven the reconnect backoff up, a successful resync starts it
+/// over: the next outage is retried at the initial delay, not at the grown one.
+#[tokio::test]
+async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
+    let mut etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    let etcd_addr: SocketAddr = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let link = Link::start(etcd_addr).await;
+    // A steep backoff, so that a count left over from the first outage would show: after
+    // five failures the next delay is at least 3.2 s, the first one at most 200 ms.
+    let backoff = registry::backoff::Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(20),
+    };
+    let d = discovery::spawn(
+        etcd_handle(link.http_endpoint()),
+        "web",
+        DiscoveryOptions {
+            progress_interval: Duration::from_millis(300),
+            backoff,
+        },
+    );
+    wait_ids(&d, &["a"]).await;
+    let connected = |d: &Discovery| view(d).is_some_and(|v| v.connected);
+
+    // First outage: refused connections, long enough for about five failed attempts.
+    etcd.kill();
+    wait_until("the first outage is noticed", DEADLINE, || async {
+        !connected(&d)
+    })
+    .await;
+    let outage = std::time::Instant::now();
+    let delays = (1..=5).map(|n| backoff.delay(n, 1.0)).sum::<Duration>();
+    while outage.elapsed() < delays {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    etcd.restart().await;
+    wait_until(
+        "back after the first outage",
+        Duration::from_secs(40),
+        || async { connected(&d) },
+    )
+    .await;
+
+    // Second outage: a partition, healed as soon as it is noticed.
+    link.cut();
+    wait_until("the second outage is noticed", DEADLINE, || async {
+        !connected(&d)
+    })
+    .await;
+    link.heal();
+    let took = testkit::time_until("back after the second outage", DEADLINE, || async {
+        connected(&d)
+    })
+    .await;
+    eprintln!("measured: reconnected {took:?} after the partition healed");
+    assert!(
+        took < Duration::from_millis(2500),
+        "reconnect waited {took:?}: the backoff kept the first outage's count"
+    );
+}
