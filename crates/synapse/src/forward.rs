@@ -81,6 +81,18 @@ const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 /// Counts a live connection on a backend for as long as it is held.
 struct ActiveGuard(Arc<Stats>);
 
+impl ActiveGuard {
+    /// Counts a connection to the backend of `stats` from now on: from its connect, so
+    /// that a connection still in its first exchange (`retry_unanswered`) is seen by
+    /// least_conn and `/status`, and keeps its backend draining (and under
+    /// `drain_timeout`) if the backend leaves the registry meanwhile.
+    fn hold(stats: Arc<Stats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(stats)
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
@@ -258,13 +270,19 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
         Ok(connected) => connected,
         Err(unserved) => return note(shared, unserved),
     };
+    let mut guard = ActiveGuard::hold(set.active[i].stats.clone());
     if knobs.retry_unanswered {
         let mut kept = replay::Kept::default();
         loop {
             let exchange =
                 replay::first_exchange(&client, &upstream, &mut kept, knobs.idle_timeout);
+            let drain = guard.0.drain.load_full();
             let ended = tokio::select! {
                 ended = exchange => ended,
+                _ = drain.cancelled() => {
+                    tracing::debug!(service = %shared.name, "connection cut before its first answer: its backend drained for drain_timeout");
+                    return;
+                }
                 _ = shared.cut.cancelled() => return,
             };
             match ended {
@@ -274,10 +292,13 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
                     backend.stats.unanswered.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), error = %e, "request unanswered; sending it to another backend");
                     tried.push(i);
+                    // The connection is no longer on that backend while another is sought.
+                    drop(guard);
                     (upstream, i) = match connect_some(shared, &set, &knobs, &mut tried).await {
                         Ok(connected) => connected,
                         Err(unserved) => return note(shared, unserved),
                     };
+                    guard = ActiveGuard::hold(set.active[i].stats.clone());
                 }
                 replay::FirstExchange::ClientFailed(e) => {
                     tracing::debug!(service = %shared.name, error = %e, "client failed before its backend answered");
@@ -290,12 +311,8 @@ pub async fn serve(shared: &Shared, client: TcpStream) {
             }
         }
     }
-    let stats = set.active[i].stats.clone();
     drop(set);
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    stats.total.fetch_add(1, Ordering::Relaxed);
-    let drain = stats.drain.load_full();
-    let _guard = ActiveGuard(stats);
+    let drain = guard.0.drain.load_full();
     // Polled only when a token fires, not on every message the relay wakes up for.
     let cut = std::pin::pin!(async {
         tokio::select! {

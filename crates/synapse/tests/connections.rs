@@ -499,3 +499,63 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     assert_eq!(greet(addr).await, Ok("a".to_owned()));
     synapse.shutdown().await;
 }
+
+/// A backend that accepts connections and keeps them open without a word, as a server
+/// waiting for its client's request does.
+async fn silent_backend() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (port, task)
+}
+
+fn active_on(synapse: &synapse::Synapse, service: &str, port: u16) -> Option<(&'static str, u64)> {
+    synapse.status()[service]
+        .backends
+        .iter()
+        .find(|b| b.port == port)
+        .map(|b| (b.state, b.active))
+}
+
+#[tokio::test]
+async fn with_retry_unanswered_a_connection_counts_as_active_before_its_first_exchange() {
+    let etcd = EtcdServer::start().await;
+    let ((a, _a), (b, _b)) = (silent_backend().await, silent_backend().await);
+    register(&etcd, "web", "a", a);
+    let mut web = service("web");
+    web.retry_unanswered = true;
+    web.drain_timeout = Some(ConfigDuration::from_millis(300));
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a]).await;
+
+    // Connected and silent: no request sent, no answer yet.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    wait_until(
+        "the silent connection counts as active",
+        DEADLINE,
+        || async { active_on(&synapse, "web", a) == Some(("healthy", 1)) },
+    )
+    .await;
+
+    // Its backend leaves: it drains with that connection, which drain_timeout then cuts.
+    register(&etcd, "web", "b", b);
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b]).await;
+    assert_eq!(active_on(&synapse, "web", a), Some(("draining", 1)));
+    let took = closed_within(&mut conn, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(150),
+        "cut before drain_timeout: {took:?}"
+    );
+    wait_until("the drained backend is forgotten", DEADLINE, || async {
+        active_on(&synapse, "web", a).is_none()
+    })
+    .await;
+    synapse.shutdown().await;
+}
