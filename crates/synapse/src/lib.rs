@@ -326,6 +326,10 @@ impl Synapse {
             state.etcd = Etcd::new(new.etcd.clone());
         }
         let mut started = HashSet::new();
+        // The configuration actually running: a service that could not take an address
+        // freed in this reload is recorded as not started (or not moved), so that the next
+        // reload of the same file tries again instead of seeing no change.
+        let mut recorded = new.clone();
         for action in &actions {
             match action {
                 Action::Stop(name) => {
@@ -344,7 +348,8 @@ impl Synapse {
                         None => match bind(s).await {
                             Ok(l) => l,
                             Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"), "cannot start service after freeing its address");
+                                tracing::error!(error = %format!("{e:#}"), "cannot start service after freeing its address; a later reload retries");
+                                recorded.services.retain(|r| r.name != s.name);
                                 continue;
                             }
                         },
@@ -371,6 +376,7 @@ impl Synapse {
                 }
                 Action::Rebind(s) => {
                     let listener = listeners.remove(&s.name);
+                    let unmoved = state.config.service(&s.name).cloned();
                     if let Some(runtime) = state.runtimes.get_mut(&s.name) {
                         runtime.shared.update_config(s.clone());
                         let listener = match listener {
@@ -381,7 +387,8 @@ impl Synapse {
                                 match bind(s).await {
                                     Ok(l) => Some(l),
                                     Err(e) => {
-                                        tracing::error!(error = %format!("{e:#}"), "cannot move service to its new address");
+                                        tracing::error!(error = %format!("{e:#}"), "cannot move service to its new address: it is not listening; a later reload retries");
+                                        recorded_as_unmoved(&mut recorded, unmoved);
                                         None
                                     }
                                 }
@@ -430,7 +437,7 @@ impl Synapse {
                 Action::CacheFile => {}
             }
         }
-        state.config = new;
+        state.config = recorded;
         state.retired.retain(|t| !t.is_empty());
         self.publish(&state);
         Ok(actions)
@@ -478,6 +485,19 @@ impl Synapse {
         }
         state.admin = None;
         ShutdownReport { drained }
+    }
+}
+
+/// Records a service whose move failed with the listen address it had before (`unmoved`),
+/// so that the next diff asks for the move again.
+fn recorded_as_unmoved(recorded: &mut SynapseConfig, unmoved: Option<ServiceConfig>) {
+    let Some(unmoved) = unmoved else { return };
+    if let Some(s) = recorded
+        .services
+        .iter_mut()
+        .find(|s| s.name == unmoved.name)
+    {
+        s.listen = unmoved.listen;
     }
 }
 

@@ -559,3 +559,42 @@ async fn with_retry_unanswered_a_connection_counts_as_active_before_its_first_ex
     .await;
     synapse.shutdown().await;
 }
+
+/// Two services swap addresses: the first to move finds the other's address still taken and
+/// is left not listening. The configuration recorded is what runs, so reloading the same
+/// file again finishes the move instead of seeing no change.
+#[tokio::test]
+async fn a_move_that_could_not_bind_is_retried_by_the_next_reload_of_the_same_file() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "api", "b", b.port());
+    let (p, q) = (testkit::free_port(), testkit::free_port());
+    let at = |port: u16| ListenAddr(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
+    cfg.services[0].listen = at(p);
+    cfg.services[1].listen = at(q);
+    let synapse = start(cfg.clone()).await;
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    wait_backends(&synapse, "api", &[b.port()]).await;
+
+    let mut swapped = cfg.clone();
+    swapped.services[0].listen = at(q);
+    swapped.services[1].listen = at(p);
+    synapse.reload(swapped.clone()).await.unwrap();
+    assert_eq!(greet(at(p).0).await, Ok("b".to_owned()), "api moved");
+
+    let actions = synapse.reload(swapped).await.unwrap();
+    assert!(
+        matches!(&actions[..], [synapse::Action::Rebind(s)] if s.name == "web"),
+        "{actions:?}"
+    );
+    assert_eq!(synapse.listen_addr("web"), Some(at(q).0));
+    assert_eq!(
+        greet(at(q).0).await,
+        Ok("a".to_owned()),
+        "web moved at last"
+    );
+    assert_eq!(greet(at(p).0).await, Ok("b".to_owned()));
+    synapse.shutdown().await;
+}
