@@ -445,6 +445,30 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/synapse.yaml");
         let c = SynapseConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.services.len(), 2);
+        assert!(c.services[1].default_servers[0].zone.is_some());
+
+        // The keys commented out (they need files or secrets) are spelled right too: with
+        // every indented comment line uncommented and the files made, it still loads.
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                let indent = l.len() - l.trim_start().len();
+                match l.trim_start().strip_prefix("# ") {
+                    Some(rest) if indent > 0 => format!("{}{rest}\n", &l[..indent]),
+                    _ => format!("{l}\n"),
+                }
+            })
+            .collect::<String>()
+            .replace("/etc/synapse/", &format!("{}/", dir.path().display()));
+        for file in ["etcd-ca.pem", "client.pem", "client-key.pem"] {
+            std::fs::write(dir.path().join(file), "").unwrap();
+        }
+        let full = SynapseConfig::parse(&path, &uncommented).unwrap_or_else(|e| panic!("{e}"));
+        let tls = full.etcd.tls.as_ref().expect("the tls block");
+        assert!(tls.domain.is_some() && tls.cert.is_some() && tls.key.is_some());
+        assert!(full.etcd.username.is_some() && full.etcd.password.is_some());
     }
 
     #[test]
