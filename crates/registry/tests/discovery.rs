@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use registry::discovery::{self, Discovery, DiscoveryOptions, ServiceView};
 use registry::{ConfigDuration, Etcd, EtcdConfig};
-use testkit::{wait_until, EtcdServer, Link};
+use testkit::{wait_until, EtcdCluster, EtcdServer, Link};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn etcd_handle(endpoint: String) -> Etcd {
-    let mut c = EtcdConfig::new(vec![endpoint]);
+    cluster_handle(vec![endpoint])
+}
+
+fn cluster_handle(endpoints: Vec<String>) -> Etcd {
+    let mut c = EtcdConfig::new(endpoints);
     c.dial_timeout = ConfigDuration::from_millis(300);
     c.request_timeout = ConfigDuration::from_secs(1);
     c.keepalive_interval = ConfigDuration::from_millis(500);
@@ -268,4 +272,45 @@ async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
         took < Duration::from_millis(2500),
         "reconnect waited {took:?}: the backoff kept the first outage's count"
     );
+}
+
+fn put_in(cluster: &EtcdCluster, id: &str, port: u16) {
+    cluster.etcdctl(&[
+        "put",
+        &format!("/smartstack/services/web/{id}"),
+        &format!(r#"{{"host":"127.0.0.1","port":{port}}}"#),
+    ]);
+}
+
+#[tokio::test]
+async fn discovery_moves_to_another_member_when_its_member_is_killed() {
+    let mut cluster = EtcdCluster::start(3).await;
+    put_in(&cluster, "a", 1001);
+    let handle = cluster_handle(cluster.endpoints());
+    let d = start(handle.clone(), "web");
+    wait_ids(&d, &["a"]).await;
+    let watched = handle.endpoint().await;
+    let member = cluster
+        .endpoints()
+        .iter()
+        .position(|e| *e == watched)
+        .unwrap();
+
+    cluster.kill(member);
+    // It may have been the leader: writes wait for the election.
+    cluster.wait_healthy().await;
+    put_in(&cluster, "b", 1002);
+    wait_ids(&d, &["a", "b"]).await;
+    wait_until("the watch is established again", DEADLINE, || async {
+        view(&d).is_some_and(|v| v.connected)
+    })
+    .await;
+    assert_ne!(
+        handle.endpoint().await,
+        watched,
+        "the watch is on a live member"
+    );
+    // And it follows events there, not only the resync's get.
+    put_in(&cluster, "c", 1003);
+    wait_ids(&d, &["a", "b", "c"]).await;
 }

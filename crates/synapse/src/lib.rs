@@ -114,8 +114,14 @@ async fn bind(service: &ServiceConfig) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Whether other hosts can reach a listener on `addr`: anything but loopback (an
+/// IPv4-mapped loopback address included, `::ffff:127.0.0.1` being 127.0.0.1).
+fn is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
+}
+
 fn warn_if_exposed(service: &ServiceConfig) {
-    if !service.listen.0.ip().is_loopback() {
+    if is_exposed(service.listen.0) {
         tracing::warn!(service = %service.name, listen = %service.listen, "listening on a non-loopback address: other hosts can reach this service through synapse");
     }
 }
@@ -524,4 +530,24 @@ fn start_service(
         listener,
         Sources { discovery, initial },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_loopback_listen_addresses_are_exposed() {
+        for loopback in [
+            "127.0.0.1:1",
+            "127.0.0.2:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(!is_exposed(loopback.parse().unwrap()), "{loopback}");
+        }
+        for exposed in ["0.0.0.0:1", "10.0.0.5:1", "[::]:1", "[2001:db8::1]:1"] {
+            assert!(is_exposed(exposed.parse().unwrap()), "{exposed}");
+        }
+    }
 }
