@@ -273,3 +273,57 @@ async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
         "synapse never reported running out of descriptors:\n{log}"
     );
 }
+
+/// Log lines of `output` that contain `message` and name `service`.
+fn lines_about(output: &str, message: &str, service: &str) -> usize {
+    let named = format!("service={service}");
+    output
+        .lines()
+        .filter(|l| l.contains(message) && l.contains(&named))
+        .count()
+}
+
+#[tokio::test]
+async fn an_etcd_outage_logs_watch_lost_and_resynced_once_per_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = EtcdServer::start().await;
+    let (a, c) = (Backend::start("a").await, Backend::start("c").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "api", "c", c.port());
+    let (web_port, api_port) = (free_port(), free_port());
+    let config = dir.path().join("synapse.yaml");
+    write_config(
+        &config,
+        &etcd.endpoint(),
+        &[("web", web_port), ("api", api_port)],
+        "",
+    );
+    let synapse = spawn(dir.path(), &config);
+    wait_greeting(format!("127.0.0.1:{web_port}").parse().unwrap(), "a").await;
+    wait_greeting(format!("127.0.0.1:{api_port}").parse().unwrap(), "c").await;
+
+    etcd.kill();
+    wait_until("each service logs its lost watch", DEADLINE, || async {
+        let out = synapse.output();
+        ["web", "api"]
+            .iter()
+            .all(|s| lines_about(&out, "watch lost", s) == 1)
+    })
+    .await;
+    etcd.restart().await;
+    wait_until("each service logs its resync", DEADLINE, || async {
+        let out = synapse.output();
+        ["web", "api"]
+            .iter()
+            .all(|s| lines_about(&out, "resynced with etcd", s) == 1)
+    })
+    .await;
+    let out = synapse.output();
+    for s in ["web", "api"] {
+        assert_eq!(
+            lines_about(&out, "watch lost", s),
+            1,
+            "one line per outage, not per retry:\n{out}"
+        );
+    }
+}
