@@ -93,10 +93,15 @@ impl Etcd {
         &self.inner.config
     }
 
-    /// The endpoint currently in use.
+    /// The endpoint currently in use; empty for a configuration without endpoints (which
+    /// validation rejects, but a handle built in code must not panic on it).
     pub async fn endpoint(&self) -> String {
         let current = self.inner.current.lock().await;
-        self.inner.config.endpoints[current.endpoint % self.inner.config.endpoints.len()].clone()
+        let endpoints = &self.inner.config.endpoints;
+        endpoints
+            .get(current.endpoint % endpoints.len().max(1))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether the last request reached etcd.

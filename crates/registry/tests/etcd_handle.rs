@@ -66,3 +66,11 @@ async fn requests_move_off_a_dead_member() {
     }
     assert_ne!(handle.endpoint().await, cluster.endpoint(0));
 }
+
+#[tokio::test]
+async fn a_handle_without_endpoints_reports_errors_instead_of_panicking() {
+    // Validation rejects an empty list, but a handle built in code must still not panic.
+    let handle = Etcd::new(config(Vec::new()));
+    assert_eq!(handle.endpoint().await, "");
+    assert!(handle.session().await.is_err());
+}
