@@ -318,7 +318,14 @@ impl EtcdConfig {
             if e.starts_with("https://") && self.tls.is_none() {
                 return Err(FieldError::new(
                     format!("etcd.endpoints[{i}]"),
-                    format!("{e:?} uses https but there is no etcd.tls block"),
+                    format!("{e:?} uses https but there is no etcd.tls block (with ca: the CA that signed the members' certificates)"),
+                ));
+            }
+            // etcd-client refuses TLS options on an http:// URL, so this would never connect.
+            if e.starts_with("http://") && self.tls.is_some() {
+                return Err(FieldError::new(
+                    format!("etcd.endpoints[{i}]"),
+                    format!("{e:?} uses plain http but etcd.tls is set: write https:// (or no scheme) to use TLS"),
                 ));
             }
         }
@@ -343,6 +350,14 @@ impl EtcdConfig {
                 return Err(FieldError::new(
                     "etcd.tls",
                     "cert and key go together: set both or neither",
+                ));
+            }
+            // etcd-client is built without the system or webpki root stores, so without
+            // `ca` no server certificate can be verified and no connection would ever succeed.
+            if tls.ca.is_none() {
+                return Err(FieldError::new(
+                    "etcd.tls.ca",
+                    "is required with etcd.tls: the members' certificates are verified only against this CA file (system root certificates are not used)",
                 ));
             }
             for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
@@ -452,6 +467,19 @@ mod tests {
     }
 
     #[test]
+    fn tls_with_a_ca_file_is_accepted_with_https_or_bare_endpoints() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        for endpoint in ["https://h:1", "h:1"] {
+            let text = format!(
+                "etcd: {{endpoints: [{endpoint:?}], tls: {{ca: {:?}}}}}",
+                ca.path()
+            );
+            let s: Sample = parse(Path::new("x"), &text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.etcd.tls.and_then(|t| t.ca).as_deref(), Some(ca.path()));
+        }
+    }
+
+    #[test]
     fn json_files_load_too() {
         let s: Sample = parse(
             Path::new("x.json"),
@@ -501,6 +529,21 @@ mod tests {
                 "etcd: {endpoints: [\"h:1\"], tls: {ca: /nonexistent/ca.pem}}",
                 "etcd.tls.ca",
                 "not a readable file",
+            ),
+            (
+                "etcd: {endpoints: [\"https://h:1\"], tls: {domain: etcd.internal}}",
+                "etcd.tls.ca",
+                "system root certificates are not used",
+            ),
+            (
+                "etcd: {endpoints: [\"h:1\"], tls: {}}",
+                "etcd.tls.ca",
+                "is required",
+            ),
+            (
+                "etcd: {endpoints: [\"http://h:1\"], tls: {ca: /ca.pem}}",
+                "etcd.endpoints[0]",
+                "plain http but etcd.tls is set",
             ),
             (
                 "etcd: {endpoints: [\"h:1\"], dial_timeout: 1ms}",
