@@ -63,8 +63,9 @@ pub struct ServiceConfig {
     pub checks: Vec<CheckConfig>,
 }
 
-/// A health check; `type` selects the kind.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A health check; `type` selects the kind. Deserialized by hand ([`CheckVisitor`]) so
+/// that errors name the key inside the check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum CheckConfig {
     Tcp(TcpCheckConfig),
@@ -72,47 +73,242 @@ pub enum CheckConfig {
     Exec(ExecCheckConfig),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TcpCheckConfig {
     /// Port to connect to instead of the service's.
-    #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default = "default_timeout")]
     pub timeout: ConfigDuration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+impl Default for TcpCheckConfig {
+    fn default() -> Self {
+        TcpCheckConfig {
+            port: None,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpCheckConfig {
-    #[serde(default = "default_path")]
     pub path: String,
-    #[serde(default = "default_method")]
     pub method: String,
     /// `Host` header; `<host>:<port>` of the service when absent.
-    #[serde(default)]
     pub host: Option<String>,
     /// Port to send the request to instead of the service's.
-    #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
     pub expect_status: StatusSet,
     /// The response body must contain this text.
-    #[serde(default)]
     pub expect_body: Option<String>,
-    #[serde(default = "default_timeout")]
     pub timeout: ConfigDuration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+impl Default for HttpCheckConfig {
+    fn default() -> Self {
+        HttpCheckConfig {
+            path: default_path(),
+            method: default_method(),
+            host: None,
+            port: None,
+            headers: BTreeMap::new(),
+            expect_status: StatusSet::default(),
+            expect_body: None,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExecCheckConfig {
     /// Program and arguments; no shell is involved.
     pub command: Vec<String>,
-    #[serde(default = "default_timeout")]
     pub timeout: ConfigDuration,
+}
+
+/// The value of a check's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CheckKind {
+    Tcp,
+    Http,
+    Exec,
+}
+
+/// Every key any kind of check takes.
+const ALL_CHECK_KEYS: &[&str] = &[
+    "type",
+    "port",
+    "timeout",
+    "path",
+    "method",
+    "host",
+    "headers",
+    "expect_status",
+    "expect_body",
+    "command",
+];
+
+impl CheckKind {
+    fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Exec => "exec",
+        }
+    }
+
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            CheckKind::Tcp => &["type", "port", "timeout"],
+            CheckKind::Http => &[
+                "type",
+                "path",
+                "method",
+                "host",
+                "port",
+                "headers",
+                "expect_status",
+                "expect_body",
+                "timeout",
+            ],
+            CheckKind::Exec => &["type", "command", "timeout"],
+        }
+    }
+
+    fn unknown_key<E: de::Error>(self, key: &str) -> E {
+        let expected: Vec<String> = self.keys().iter().map(|k| format!("`{k}`")).collect();
+        E::custom(format!(
+            "unknown field `{key}` for a {} check, expected one of {}",
+            self.name(),
+            expected.join(", ")
+        ))
+    }
+}
+
+/// Reads a check key by key, each value through the deserializer it was handed.
+///
+/// Not `#[serde(tag = "type")]`: an internally tagged enum buffers the whole map and reads
+/// the variant from that copy, out of sight of serde_path_to_error, so `timeout: fast` or
+/// `port: 70000` were reported at `checks[0]` instead of `checks[0].timeout`. Here every value
+/// is read under its own key, so the loader's one path mechanism names it, whatever order
+/// the keys come in.
+struct CheckVisitor;
+
+/// What has been read of a check so far.
+#[derive(Default)]
+struct CheckFields {
+    kind: Option<CheckKind>,
+    seen: Vec<&'static str>,
+    port: Option<u16>,
+    timeout: Option<ConfigDuration>,
+    path: Option<String>,
+    method: Option<String>,
+    host: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    expect_status: Option<StatusSet>,
+    expect_body: Option<String>,
+    command: Option<Vec<String>>,
+}
+
+/// Reads one key of a check. Rejecting a key here (rather than after the map) puts the
+/// key itself in the error's path.
+struct CheckKey<'a> {
+    kind: Option<CheckKind>,
+    seen: &'a [&'static str],
+}
+
+impl<'de> de::DeserializeSeed<'de> for CheckKey<'_> {
+    type Value = &'static str;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static str, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CheckKey<'_> {
+    type Value = &'static str;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a check key such as `type` or `timeout`")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<&'static str, E> {
+        let allowed = self.kind.map_or(ALL_CHECK_KEYS, CheckKind::keys);
+        let Some(key) = allowed.iter().copied().find(|k| *k == v) else {
+            return Err(match self.kind {
+                Some(kind) => kind.unknown_key(v),
+                None => E::unknown_field(v, ALL_CHECK_KEYS),
+            });
+        };
+        if self.seen.contains(&key) {
+            return Err(E::duplicate_field(key));
+        }
+        Ok(key)
+    }
+}
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = CheckConfig;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a check like {type: tcp}")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<CheckConfig, A::Error> {
+        let mut c = CheckFields::default();
+        while let Some(key) = map.next_key_seed(CheckKey {
+            kind: c.kind,
+            seen: &c.seen,
+        })? {
+            c.seen.push(key);
+            match key {
+                "type" => c.kind = Some(map.next_value()?),
+                "port" => c.port = map.next_value()?,
+                "timeout" => c.timeout = Some(map.next_value()?),
+                "path" => c.path = Some(map.next_value()?),
+                "method" => c.method = Some(map.next_value()?),
+                "host" => c.host = map.next_value()?,
+                "headers" => c.headers = Some(map.next_value()?),
+                "expect_status" => c.expect_status = Some(map.next_value()?),
+                "expect_body" => c.expect_body = map.next_value()?,
+                "command" => c.command = Some(map.next_value()?),
+                other => return Err(de::Error::unknown_field(other, ALL_CHECK_KEYS)),
+            }
+        }
+        let kind = c.kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        // Only a key written before `type` can get here: it could not be checked when read.
+        if let Some(key) = c.seen.iter().find(|k| !kind.keys().contains(k)) {
+            return Err(kind.unknown_key(key));
+        }
+        let timeout = c.timeout.unwrap_or_else(default_timeout);
+        Ok(match kind {
+            CheckKind::Tcp => CheckConfig::Tcp(TcpCheckConfig {
+                port: c.port,
+                timeout,
+            }),
+            CheckKind::Http => {
+                let defaults = HttpCheckConfig::default();
+                CheckConfig::Http(HttpCheckConfig {
+                    path: c.path.unwrap_or(defaults.path),
+                    method: c.method.unwrap_or(defaults.method),
+                    host: c.host,
+                    port: c.port,
+                    headers: c.headers.unwrap_or(defaults.headers),
+                    expect_status: c.expect_status.unwrap_or(defaults.expect_status),
+                    expect_body: c.expect_body,
+                    timeout,
+                })
+            }
+            CheckKind::Exec => CheckConfig::Exec(ExecCheckConfig {
+                command: c
+                    .command
+                    .ok_or_else(|| de::Error::missing_field("command"))?,
+                timeout,
+            }),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CheckVisitor)
+    }
 }
 
 impl CheckConfig {
@@ -594,15 +790,31 @@ services:
                 "at least one check",
             ),
             (check("{type: ping}"), "services[0].checks[0].type", "unknown variant `ping`"),
-            (check("{type: tcp, colour: red}"), "services[0].checks[0]", "unknown field `colour`"),
+            (check("{type: tcp, colour: red}"), "services[0].checks[0].colour", "unknown field `colour` for a tcp check"),
+            (check("{colour: red, type: tcp}"), "services[0].checks[0].colour", "unknown field `colour`"),
+            (check("{type: tcp, command: [x]}"), "services[0].checks[0].command", "unknown field `command` for a tcp check"),
+            // Written before `type`, it could only be rejected once the type was known.
+            (check("{command: [x], type: tcp}"), "services[0].checks[0]", "unknown field `command` for a tcp check"),
+            (check("{port: 80}"), "services[0].checks[0]", "missing field `type`"),
+            (check("tcp"), "services[0].checks[0]", "invalid type"),
+            (check("{type: tcp, port: 80, port: 81}"), "services[0].checks[0].port", "duplicate field `port`"),
             (check("{type: exec}"), "services[0].checks[0]", "missing field `command`"),
             (check("{type: exec, command: []}"), "services[0].checks[0].command", "must name a program"),
+            (check("{type: exec, command: /bin/true}"), "services[0].checks[0].command", "invalid type"),
             (check("{type: http, path: health}"), "services[0].checks[0].path", "request path"),
             (check("{type: http, method: \"G T\"}"), "services[0].checks[0].method", "HTTP method"),
-            (check("{type: http, expect_status: 700}"), "services[0].checks[0]", "not an HTTP status"),
-            (check("{type: http, expect_status: \"399-200\"}"), "services[0].checks[0]", "empty"),
+            (check("{type: http, expect_status: 700}"), "services[0].checks[0].expect_status", "700 is not an HTTP status code"),
+            (check("{type: http, expect_status: \"399-200\"}"), "services[0].checks[0].expect_status", "empty"),
+            (check("{type: http, expect_status: [200, ok]}"), "services[0].checks[0].expect_status[1]", "not a status code"),
             (check("{type: http, headers: {\"a b\": c}}"), "services[0].checks[0].headers.a b", "header name"),
+            (check("{type: http, headers: [X-A]}"), "services[0].checks[0].headers", "invalid type"),
+            (check("{type: http, headers: {X-A: [b]}}"), "services[0].checks[0].headers.X-A", "invalid type"),
             (check("{type: tcp, timeout: 0ms}"), "services[0].checks[0].timeout", "too short"),
+            (check("{type: tcp, timeout: fast}"), "services[0].checks[0].timeout", "invalid duration \"fast\""),
+            (check("{timeout: fast, type: exec, command: [x]}"), "services[0].checks[0].timeout", "invalid duration"),
+            (check("{type: http, timeout: 5}"), "services[0].checks[0].timeout", "invalid duration \"5\""),
+            (check("{type: tcp, port: 70000}"), "services[0].checks[0].port", "invalid value: integer `70000`"),
+            (check("{type: http, port: 0}"), "services[0].checks[0].port", "1 to 65535"),
             (
                 "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n".into(),
                 "services[1].instance_id",
