@@ -21,6 +21,8 @@ pub type CheckResult = Result<(), String>;
 const MAX_BODY: usize = 64 * 1024;
 /// How much of an exec check's stderr is kept as its failure reason.
 const STDERR_TAIL: usize = 300;
+/// The most of an exec check's stderr read before it is no longer waited on.
+const STDERR_LIMIT: usize = 1024 * 1024;
 
 /// A check bound to the instance it checks.
 #[derive(Debug, Clone)]
@@ -59,15 +61,20 @@ impl Check {
     /// Runs the check once. Never takes much longer than its timeout.
     pub async fn run(&self) -> CheckResult {
         let timeout = self.config.timeout();
-        let outcome = tokio::time::timeout(timeout, async {
-            match &self.config {
-                CheckConfig::Tcp(c) => self.tcp(c).await,
-                CheckConfig::Http(c) => self.http(c).await,
-                CheckConfig::Exec(c) => self.exec(c).await,
-            }
-        })
-        .await;
-        outcome.unwrap_or_else(|_| Err(format!("{}: timed out after {timeout:?}", self.describe())))
+        let bounded = |outcome: Result<CheckResult, tokio::time::error::Elapsed>| {
+            outcome.unwrap_or_else(|_| Err(self.timed_out(timeout)))
+        };
+        match &self.config {
+            CheckConfig::Tcp(c) => bounded(tokio::time::timeout(timeout, self.tcp(c)).await),
+            CheckConfig::Http(c) => bounded(tokio::time::timeout(timeout, self.http(c)).await),
+            // Bounds itself, so that what the program wrote to stderr before it was killed
+            // stays in the reason.
+            CheckConfig::Exec(c) => self.exec(c, timeout).await,
+        }
+    }
+
+    fn timed_out(&self, timeout: Duration) -> String {
+        format!("{}: timed out after {timeout:?}", self.describe())
     }
 
     async fn connect(&self, port: u16) -> Result<TcpStream, String> {
@@ -153,7 +160,8 @@ impl Check {
         }
     }
 
-    async fn exec(&self, c: &ExecCheckConfig) -> CheckResult {
+    async fn exec(&self, c: &ExecCheckConfig, timeout: Duration) -> CheckResult {
+        let deadline = tokio::time::Instant::now() + timeout;
         let Some((program, args)) = c.command.split_first() else {
             return Err("exec check without a command".into());
         };
@@ -174,25 +182,35 @@ impl Check {
             .map_err(|e| format!("cannot run {program:?}: {e}"))?;
         let mut group = KillGroupOnDrop(child.id());
         let mut stderr = Vec::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            // A check that writes more than this is cut, not waited on forever.
-            let _ = (&mut pipe).take(1024 * 1024).read_to_end(&mut stderr).await;
-        }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| format!("waiting for {program:?}: {e}"))?;
+        let mut pipe = child.stderr.take();
+        let finished = tokio::time::timeout_at(deadline, async {
+            if let Some(pipe) = &mut pipe {
+                // Read chunk by chunk into `stderr` (not `read_to_end` into a buffer of
+                // its own) so that what arrived before the deadline survives the timeout.
+                let mut chunk = [0u8; 4096];
+                // A check that writes more than this is cut, not waited on forever.
+                while stderr.len() < STDERR_LIMIT {
+                    match pipe.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => stderr.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+            child.wait().await
+        })
+        .await;
+        let tail = stderr_tail(&stderr);
+        let status = match finished {
+            Ok(status) => status.map_err(|e| format!("waiting for {program:?}: {e}"))?,
+            // `group` and `child` are dropped on return: that kills the check.
+            Err(_) if tail.is_empty() => return Err(self.timed_out(timeout)),
+            Err(_) => return Err(format!("{}: {tail}", self.timed_out(timeout))),
+        };
         // Reaped: its pid, and with it the group id, may now belong to someone else.
         group.0 = None;
         if status.success() {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&stderr);
-        let text = text.trim();
-        let tail = match text.char_indices().rev().nth(STDERR_TAIL - 1) {
-            Some((i, _)) => &text[i..],
-            None => text,
-        };
         let code = match status.code() {
             Some(code) => format!("exit status {code}"),
             None => "killed by a signal".into(),
@@ -202,6 +220,16 @@ impl Check {
         } else {
             Err(format!("{}: {code}: {tail}", self.describe()))
         }
+    }
+}
+
+/// The last [`STDERR_TAIL`] characters of an exec check's stderr, trimmed.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    match text.char_indices().rev().nth(STDERR_TAIL - 1) {
+        Some((i, _)) => text[i..].to_owned(),
+        None => text.to_owned(),
     }
 }
 

@@ -160,7 +160,24 @@ async fn exec_passes_on_exit_0_and_fails_with_the_stderr_tail() {
     let err = run(&item("[/bin/sleep, \"10\"]", "200ms"))
         .await
         .unwrap_err();
-    assert!(err.contains("timed out"), "{err}");
+    assert!(err.ends_with("timed out after 200ms"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the check must be killed at its timeout"
+    );
+    // Killed at its timeout, it still says what it was doing: both are in the reason.
+    let started = Instant::now();
+    let err = run(&item(
+        "[/bin/sh, -c, \"echo opening /var/db >&2; echo waiting for the db lock >&2; sleep 10\"]",
+        "500ms",
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("timed out after 500ms")
+            && err.ends_with("opening /var/db\nwaiting for the db lock"),
+        "{err}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the check must be killed at its timeout"
