@@ -174,8 +174,18 @@ impl Nerve {
         for service in &plan.update {
             let id = (service.name.clone(), service.instance_id());
             if let Some(m) = self.monitors.get(&id) {
-                m.update(&self.shared, service.clone());
-                tracing::info!(service = %id.0, instance = %id.1, "changed by reload");
+                if m.update(&self.shared, service.clone()) {
+                    tracing::info!(
+                        service = %id.0,
+                        instance = %id.1,
+                        host = %service.host,
+                        port = service.port,
+                        rise = service.rise,
+                        "address changed by reload: deregistered until it passes rise checks at the new address"
+                    );
+                } else {
+                    tracing::info!(service = %id.0, instance = %id.1, "changed by reload");
+                }
             }
         }
         for service in &plan.add {

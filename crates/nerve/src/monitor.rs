@@ -38,11 +38,13 @@ impl Monitor {
         }
     }
 
-    /// Switches to a new definition of the same instance; health history is kept and the
-    /// next round of checks runs at once with the new checks.
-    pub fn update(&self, shared: &Shared, service: ServiceConfig) {
-        shared.upsert(&service);
+    /// Switches to a new definition of the same instance; the next round of checks runs at
+    /// once with the new checks (a round in flight is abandoned). Health history is kept
+    /// unless the address changed ([`Shared::upsert`]); returns whether it did.
+    pub fn update(&self, shared: &Shared, service: ServiceConfig) -> bool {
+        let moved = shared.upsert(&service);
         self.spec.send_replace(service);
+        moved
     }
 
     pub async fn stop(self) {
@@ -78,6 +80,11 @@ async fn run(
             }
             let result = tokio::select! {
                 r = check::run_all(&checks) => r,
+                // The round checks what the instance was; start over with what it is.
+                changed = spec.changed() => {
+                    if changed.is_err() { return; }
+                    break;
+                }
                 _ = stop.cancelled() => return,
             };
             let in_file_maintenance = match &service.maintenance_file {
@@ -98,7 +105,7 @@ async fn run(
             }
             let before = shared.health(&id);
             let (after, transition) = before.step(result.is_ok(), service.rise, service.fall);
-            shared.report(&id, after, &result, file_maintenance);
+            shared.report(&id, &service, after, &result, file_maintenance);
             match (transition, &result) {
                 (Some(Transition::BecameHealthy), _) => {
                     tracing::info!(service = %id.0, instance = %id.1, passes = after.passes, "healthy");

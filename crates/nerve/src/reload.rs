@@ -4,7 +4,10 @@
 //! Instances are matched by (service, instance_id). A matched instance whose definition
 //! changed is updated in place: it keeps its health history, so changing a weight does not
 //! take a healthy instance out for `rise` checks, and its key is re-written only if the
-//! record itself changed. An unchanged instance is not touched at all.
+//! record itself changed. A changed `host` or `port` is the exception: that health was
+//! measured at another address, so the instance starts over unhealthy and is deregistered
+//! until `rise` checks pass at the new one ([`crate::state::Shared::upsert`]). An unchanged
+//! instance is not touched at all.
 //!
 //! Settings that shape the process are applied too, because a restart deregisters
 //! everything (SIGTERM revokes the lease) and that blip is what nerve exists to avoid:

@@ -129,15 +129,25 @@ impl Shared {
     }
 
     /// Adds an instance, or updates its definition keeping its health history (a reload
-    /// that changes only the weight must not take a healthy instance out).
-    pub fn upsert(&self, service: &ServiceConfig) {
+    /// that changes only the weight must not take a healthy instance out), except when its
+    /// address (`host` or `port`) changed: the health was that of another address, so it
+    /// starts over unhealthy, is deregistered, and needs `rise` passes against the new one.
+    /// Returns whether an existing instance's health was reset that way.
+    pub fn upsert(&self, service: &ServiceConfig) -> bool {
         let id = (service.name.clone(), service.instance_id());
         let key = self.key_of(service);
         let record = service.record().to_json();
+        let mut moved = false;
         {
             let mut inner = self.lock();
             match inner.instances.get_mut(&id) {
                 Some(e) => {
+                    moved = (e.service.host.as_str(), e.service.port)
+                        != (service.host.as_str(), service.port);
+                    if moved {
+                        e.health = Health::default();
+                        e.last = None;
+                    }
                     e.service = service.clone();
                     e.key = key;
                     e.record = record;
@@ -158,6 +168,7 @@ impl Shared {
             }
         }
         self.publish_desired();
+        moved
     }
 
     pub fn remove(&self, id: &InstanceId) {
@@ -165,10 +176,14 @@ impl Shared {
         self.publish_desired();
     }
 
-    /// Records a round of checks and the state of the maintenance file.
+    /// Records a round of checks run against `checked` (the service definition the checks
+    /// were built from) and the state of the maintenance file. A round that checked another
+    /// address than the instance has now (a reload moved it meanwhile) is dropped: a pass
+    /// there says nothing about the new address.
     pub fn report(
         &self,
         id: &InstanceId,
+        checked: &ServiceConfig,
         health: Health,
         result: &CheckResult,
         maintenance_file: bool,
@@ -178,6 +193,9 @@ impl Shared {
             let Some(e) = inner.instances.get_mut(id) else {
                 return;
             };
+            if (e.service.host.as_str(), e.service.port) != (checked.host.as_str(), checked.port) {
+                return;
+            }
             e.health = health;
             e.maintenance_file = maintenance_file;
             e.last = Some(LastCheck {

@@ -451,3 +451,131 @@ async fn reload_to_an_unreachable_etcd_releases_the_old_lease_and_registers_when
     nerve.shutdown().await;
     assert!(keys(&c_new).await.is_empty());
 }
+
+/// Every value `key` held after revision `from` (inclusive) up to now, oldest first; `None`
+/// where it was deleted. Read from etcd's history, so no state can slip between two polls.
+async fn history(c: &etcd_client::Client, key: &str, from: i64) -> Vec<Option<String>> {
+    let now = c
+        .clone()
+        .get(key, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut values: Vec<Option<String>> = Vec::new();
+    let mut last_mod = None;
+    for revision in from..=now {
+        let resp = c
+            .clone()
+            .get(
+                key,
+                Some(etcd_client::GetOptions::new().with_revision(revision)),
+            )
+            .await
+            .unwrap();
+        let kv = resp.kvs().first();
+        let this_mod = kv.map(|kv| kv.mod_revision());
+        // Other keys' writes bump the revision too; only changes of this key count.
+        if values.is_empty() || this_mod != last_mod {
+            values.push(kv.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()));
+            last_mod = this_mod;
+        }
+    }
+    values
+}
+
+fn port_of(value: &str) -> u16 {
+    registry::InstanceRecord::parse(value.as_bytes(), "w")
+        .unwrap_or_else(|e| panic!("{e}: {value}"))
+        .port
+}
+
+#[tokio::test]
+async fn reload_moving_an_instance_deregisters_it_until_rise_passes_at_the_new_address() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    let dead = testkit::free_port();
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    // The same explicit instance_id at every address: a reload updates it in place.
+    let at = |port: u16| {
+        config(
+            &endpoints,
+            "",
+            &format!("  - {{name: web, instance_id: w, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 3, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"),
+        )
+    };
+    let mut nerve = Nerve::start(at(first.port())).await.unwrap();
+    let k = key("web", "w");
+    wait_registered(&c, &k).await;
+    let registered_at = get(&c, &k).await.unwrap().mod_revision;
+
+    // To a dead port: out at once, and never put pointing there.
+    let plan = nerve.reload(at(dead)).await.unwrap();
+    assert_eq!(plan.update.len(), 1);
+    testkit::wait_until(
+        "deregistered after the move",
+        Duration::from_secs(5),
+        || async { !exists(&c, &k).await },
+    )
+    .await;
+    testkit::wait_until(
+        "several checks failed at the dead port",
+        Duration::from_secs(5),
+        || async { nerve.status()[0].consecutive_failures >= 3 },
+    )
+    .await;
+    assert!(!exists(&c, &k).await, "registered at a dead port");
+
+    // To a live port: back, but only after `rise` passes there.
+    nerve.reload(at(second.port())).await.unwrap();
+    let took = testkit::time_until(
+        "registered at the second port",
+        Duration::from_secs(10),
+        || async {
+            get(&c, &k)
+                .await
+                .is_some_and(|s| port_of(&s.value) == second.port())
+        },
+    )
+    .await;
+    // rise 3 at 100 ms: the first check runs at once, the third 200 ms later.
+    assert!(
+        took >= Duration::from_millis(200),
+        "registered after only {took:?}"
+    );
+
+    // Between two live addresses too: never re-put at once, unchecked.
+    nerve.reload(at(first.port())).await.unwrap();
+    testkit::wait_until(
+        "registered back at the first port",
+        Duration::from_secs(10),
+        || async {
+            get(&c, &k)
+                .await
+                .is_some_and(|s| port_of(&s.value) == first.port())
+        },
+    )
+    .await;
+
+    let ports: Vec<Option<u16>> = history(&c, &k, registered_at)
+        .await
+        .iter()
+        .map(|v| v.as_deref().map(port_of))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            Some(first.port()),
+            None,
+            Some(second.port()),
+            None,
+            Some(first.port())
+        ],
+        "every value the key held (None: deleted); the dead port is {dead}"
+    );
+    nerve.shutdown().await;
+}
