@@ -69,6 +69,9 @@ async fn run(
             .collect();
         let mut tick = tokio::time::interval(service.check_interval.get());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The failure reason last logged while unhealthy: a check that keeps failing the
+        // same way, or flaps below `rise`, is logged once, not once per round.
+        let mut logged_failure: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -112,10 +115,14 @@ async fn run(
                 }
                 (Some(Transition::BecameUnhealthy), Err(reason)) => {
                     tracing::warn!(service = %id.0, instance = %id.1, failures = after.failures, %reason, "unhealthy");
+                    logged_failure = Some(reason.clone());
                 }
                 // A new instance that never passes would otherwise never say why.
-                (None, Err(reason)) if !after.healthy && after.failures == 1 => {
-                    tracing::info!(service = %id.0, instance = %id.1, %reason, "not healthy yet: check failing");
+                (None, Err(reason))
+                    if !after.healthy && logged_failure.as_ref() != Some(reason) =>
+                {
+                    tracing::info!(service = %id.0, instance = %id.1, %reason, "not healthy: check failing");
+                    logged_failure = Some(reason.clone());
                 }
                 _ => {
                     tracing::debug!(service = %id.0, instance = %id.1, ?result, "check");

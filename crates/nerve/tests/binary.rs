@@ -157,3 +157,73 @@ fn the_example_config_in_deploy_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_check_flapping_below_rise_logs_its_failure_once_per_reason() {
+    let etcd = EtcdServer::start().await;
+    let endpoints = vec![etcd.endpoint()];
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(file("reason"), "db down").unwrap();
+    // Passes and fails in turn, so with rise 2 it is never healthy; every failure says
+    // what `reason` holds at that moment. `rounds` gets one line per run.
+    let script = format!(
+        "echo x >> {rounds}; if [ -e {passed} ]; then rm {passed}; cat {reason} >&2; exit 1; else touch {passed}; fi",
+        rounds = file("rounds"),
+        passed = file("passed"),
+        reason = file("reason"),
+    );
+    let mut nerve = spawn(
+        &dir,
+        &yaml(
+            &endpoints,
+            "",
+            &format!("  - {{name: web, host: 127.0.0.1, port: 1, check_interval: 50ms, rise: 2, checks: [{{type: exec, command: [/bin/sh, -c, {script:?}]}}]}}\n"),
+        ),
+    );
+    let rounds = || {
+        std::fs::read_to_string(file("rounds"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let failure_lines = |nerve: &ChildProcess| {
+        nerve
+            .output()
+            .lines()
+            .filter(|l| l.contains("check failing"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let after = rounds();
+    testkit::wait_until("ten rounds of checks", Duration::from_secs(10), || async {
+        rounds() >= after + 10
+    })
+    .await;
+    let logged = failure_lines(&nerve);
+    assert!(
+        logged.len() == 1 && logged[0].contains("db down"),
+        "{}",
+        nerve.output()
+    );
+
+    // Another reason is news: logged once, too.
+    std::fs::write(file("reason"), "disk full").unwrap();
+    testkit::wait_until("the new reason logged", Duration::from_secs(5), || async {
+        failure_lines(&nerve).len() == 2
+    })
+    .await;
+    let after = rounds();
+    testkit::wait_until("ten more rounds", Duration::from_secs(10), || async {
+        rounds() >= after + 10
+    })
+    .await;
+    let logged = failure_lines(&nerve);
+    assert!(
+        logged.len() == 2 && logged[1].contains("disk full"),
+        "{}",
+        nerve.output()
+    );
+    nerve.signal(Signal::SIGTERM);
+    let status = nerve.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", nerve.output());
+}
