@@ -17,13 +17,14 @@ async fn registers_after_rise_passes_and_deregisters_after_fall_failures() {
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
     let started = Instant::now();
-    let nerve = Nerve::start(config(
-        &endpoints,
-        "",
-        &tcp_service("web", "web-1", backend.port()),
-    ))
-    .await
-    .unwrap();
+    // weight, zone and labels from the config must reach the record consumers read.
+    let service = format!(
+        "  - {{name: web, instance_id: web-1, host: 127.0.0.1, port: {}, weight: 50, zone: eu-1a, labels: {{track: canary, version: \"2\"}}, check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n",
+        backend.port()
+    );
+    let nerve = Nerve::start(config(&endpoints, "", &service))
+        .await
+        .unwrap();
     let k = key("web", "web-1");
     testkit::wait_until("registered", Duration::from_secs(10), || exists(&c, &k)).await;
     let rise_time = started.elapsed();
@@ -42,7 +43,15 @@ async fn registers_after_rise_passes_and_deregisters_after_fall_failures() {
             record.name.as_str(),
             record.weight
         ),
-        ("127.0.0.1", backend.port(), "web-1", 100)
+        ("127.0.0.1", backend.port(), "web-1", 50)
+    );
+    assert_eq!(record.zone.as_deref(), Some("eu-1a"));
+    assert_eq!(
+        record.labels,
+        [("track", "canary"), ("version", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     );
     assert_ne!(stored.lease, 0, "the key must be bound to a lease");
     assert_eq!(Some(stored.lease), nerve.lease());
