@@ -133,8 +133,14 @@ async fn traffic_reaches_both_backends_and_survives_one_dying() {
     })
     .await;
     let took = stopped.elapsed();
-    // check_interval x fall, plus one interval of phase and the check timeout's slack.
-    let bound = Duration::from_millis(CHECK_INTERVAL_MS * (FALL + 1)) + Duration::from_secs(1);
+    // The promise is check_interval x fall: the last passing round was at most one
+    // interval before the stop (or an in-flight round saw the listener just before it
+    // closed), and `fall` failing rounds follow. A stopped backend refuses at once, so no
+    // round waits for its check timeout. The 500 ms margin covers the delete's round trip
+    // to a local etcd, this loop's etcdctl polling (a process per poll) and scheduling noise
+    // on a shared CI machine (measured: 335-390 ms in all against 400 ms nominal).
+    let bound = Duration::from_millis(CHECK_INTERVAL_MS * FALL) + Duration::from_millis(500);
+    eprintln!("measured: web-a removed {took:?} after its backend stopped (bound {bound:?})");
     assert!(
         took <= bound,
         "web-a was removed after {took:?}, more than {bound:?}"
