@@ -461,7 +461,9 @@ mod tests {
                 }
             })
             .collect::<String>()
-            .replace("/etc/synapse/", &format!("{}/", dir.path().display()));
+            .replace("/etc/synapse/", &format!("{}/", dir.path().display()))
+            // The tls block is for https:// endpoints; plain http with tls is an error.
+            .replace("http://", "https://");
         for file in ["etcd-ca.pem", "client.pem", "client-key.pem"] {
             std::fs::write(dir.path().join(file), "").unwrap();
         }
