@@ -15,8 +15,10 @@
 //!   its last message is dropped (a deadline reset by every message, so the bound is two
 //!   intervals, not up to three as a check on the ticks would give) and discovery moves to
 //!   the next member.
-//! - The reconnect backoff starts over once a watch is established after a get: an outage
-//!   long after the last one is retried at the initial delay, not at the maximum.
+//! - The reconnect backoff starts over once a watch has delivered a message after its
+//!   creation (a progress answer or an event): an outage long after the last one is retried
+//!   at the initial delay, not at the maximum, while a member that drops every watch right
+//!   after creating it is retried at a growing delay.
 //! - Each lost watch is logged once per service per outage ("watch lost"), and each
 //!   service logs "resynced with etcd" when its get and watch succeed again.
 //! - While etcd is unreachable the last view stays published (static stability); only
@@ -219,7 +221,7 @@ enum Ended {
     /// Resync at once.
     Compacted,
     /// Resync after backoff; `generation` of the session to rotate away from.
-    /// `established`: etcd confirmed the watch before it failed.
+    /// `established`: the watch delivered a message after its creation before it failed.
     Failed { generation: u64, established: bool },
 }
 
@@ -414,8 +416,12 @@ impl Watcher {
                             }
                         }
                     }
+                    // A creation alone proves little: a member that drops every watch
+                    // right after creating it must not reset the backoff (a reconnect
+                    // storm of full gets). A later message (progress, event) does.
+                    let created = response.created();
                     let message = WatchMessage {
-                        created: response.created(),
+                        created,
                         canceled: response.canceled(),
                         compact_revision: response.compact_revision(),
                         cancel_reason: response.cancel_reason().to_owned(),
@@ -432,7 +438,7 @@ impl Watcher {
                             return failed(established);
                         }
                         Step::Apply { changes, revision } => {
-                            established = true;
+                            established |= !created;
                             let mut changed = false;
                             for change in changes {
                                 changed |= apply(&mut self.instances, change);

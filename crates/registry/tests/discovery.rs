@@ -255,6 +255,19 @@ async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
         || async { connected(&d) },
     )
     .await;
+    // The backoff starts over only once the new watch has proved itself with a message
+    // after its creation: last_sync moves on the creation and again on each progress
+    // answer, so two moves mean at least one progress answer.
+    let mut seen = vec![view(&d).map(|v| v.last_sync)];
+    wait_until("a progress answer on the new watch", DEADLINE, || {
+        let now = view(&d).map(|v| v.last_sync);
+        if !seen.contains(&now) {
+            seen.push(now);
+        }
+        let moves = seen.len() - 1;
+        async move { moves >= 2 }
+    })
+    .await;
 
     // Second outage: a partition, healed as soon as it is noticed.
     link.cut();
