@@ -47,6 +47,15 @@ impl EtcdServer {
         self.cluster.endpoint(0)
     }
 
+    /// The client address of [`Self::endpoint`], e.g. for a [`crate::Link`] in front of it.
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        let endpoint = self.endpoint();
+        endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("etcd endpoint {endpoint}: {e}"))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.cluster.pid(0)
     }

@@ -3,7 +3,6 @@
 //! data, compaction and a hung member.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use registry::discovery::{self, Discovery, DiscoveryOptions, ServiceView};
@@ -127,12 +126,7 @@ async fn a_partition_with_changes_and_compaction_resyncs_when_healed() {
     let etcd = EtcdServer::start().await;
     put(&etcd, "web", "a", 1001);
     put(&etcd, "web", "b", 1002);
-    let etcd_addr: SocketAddr = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let link = Link::start(etcd_addr).await;
+    let link = Link::start(etcd.client_addr()).await;
     let d = start(etcd_handle(link.http_endpoint()), "web");
     wait_ids(&d, &["a", "b"]).await;
 
@@ -214,12 +208,7 @@ async fn discovery_starts_while_etcd_is_down() {
 async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
     let mut etcd = EtcdServer::start().await;
     put(&etcd, "web", "a", 1001);
-    let etcd_addr: SocketAddr = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let link = Link::start(etcd_addr).await;
+    let link = Link::start(etcd.client_addr()).await;
     // A steep backoff, so that a count left over from the first outage would show: after
     // five failures the next delay is at least 3.2 s, the first one at most 200 ms.
     let backoff = registry::backoff::Backoff {

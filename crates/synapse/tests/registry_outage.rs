@@ -108,12 +108,7 @@ async fn a_partition_with_restart_and_compaction_resyncs_to_the_new_set() {
     );
     register(&etcd, "web", "a", a.port());
     register(&etcd, "web", "b", b.port());
-    let etcd_addr: SocketAddr = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let link = Link::start(etcd_addr).await;
+    let link = Link::start(etcd.client_addr()).await;
     let synapse = start(config(link.http_endpoint(), vec![service("web")])).await;
     let addr = synapse.listen_addr("web").unwrap();
     wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
