@@ -80,15 +80,6 @@ pub struct TcpCheckConfig {
     pub timeout: ConfigDuration,
 }
 
-impl Default for TcpCheckConfig {
-    fn default() -> Self {
-        TcpCheckConfig {
-            port: None,
-            timeout: default_timeout(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpCheckConfig {
     pub path: String,
@@ -450,6 +441,12 @@ fn default_method() -> String {
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 
 impl ServiceConfig {
+    /// Whether both are at the address checks run against and consumers dial: health
+    /// measured at one address says nothing about another.
+    pub fn same_address(&self, other: &ServiceConfig) -> bool {
+        (self.host.as_str(), self.port) == (other.host.as_str(), other.port)
+    }
+
     /// The instance id: configured, or `<host>:<port>`.
     pub fn instance_id(&self) -> String {
         self.instance_id

@@ -142,8 +142,7 @@ impl Shared {
             let mut inner = self.lock();
             match inner.instances.get_mut(&id) {
                 Some(e) => {
-                    moved = (e.service.host.as_str(), e.service.port)
-                        != (service.host.as_str(), service.port);
+                    moved = !e.service.same_address(service);
                     if moved {
                         e.health = Health::default();
                         e.last = None;
@@ -193,7 +192,7 @@ impl Shared {
             let Some(e) = inner.instances.get_mut(id) else {
                 return;
             };
-            if (e.service.host.as_str(), e.service.port) != (checked.host.as_str(), checked.port) {
+            if !e.service.same_address(checked) {
                 return;
             }
             e.health = health;
