@@ -22,31 +22,46 @@
 //! - Each lost watch is logged once per service per outage ("watch lost"), and each
 //!   service logs "resynced with etcd" when its get and watch succeed again.
 //! - While etcd is unreachable the last view stays published (static stability); only
-//!   `connected` flips.
-//! - A value that is not a valid record is skipped with one warning naming the key (per
-//!   revision of that key); other instances are unaffected.
+//!   `connected` flips. A resync that would empty the service, or that comes from a
+//!   rewound or different etcd, starts a grace period ([`crate::grace`]) instead of being
+//!   believed at once.
+//! - The get is read in pages ([`crate::snapshot`]), so no size of service is too large to
+//!   read, and a value larger than [`MAX_RECORD_BYTES`] is skipped unread.
+//! - A value that is not a valid record (or a key that is not a valid instance id) is
+//!   skipped with one warning naming the key, escaped and clipped (per revision of that
+//!   key); other instances are unaffected.
+//! - Cost: an event costs O(log n) (the instances are a persistent map, so a published view
+//!   shares everything unchanged with the one before), and the messages that are already
+//!   waiting when one arrives are applied together and published once.
 //!
-//! [`apply`] and [`step`] are the pure parts and are tested as such.
+//! [`apply`], [`step`] and [`crate::grace::judge_resync`] are the pure parts and are tested
+//! as such.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions, WatchResponse};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::etcd::Etcd;
+use crate::grace::{judge_resync, Grace, Known};
 use crate::key;
-use crate::record::InstanceRecord;
+use crate::record::{InstanceRecord, MAX_RECORD_BYTES};
+use crate::snapshot;
+use crate::untrusted::Untrusted;
 
-/// Instances of a service by instance id.
-pub type Instances = BTreeMap<String, InstanceRecord>;
+/// Instances of a service by instance id: a persistent map, so that a copy is O(1) and
+/// shares everything unchanged.
+pub type Instances = imbl::OrdMap<String, InstanceRecord>;
 
 /// What a consumer knows about one service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceView {
     pub service: String,
+    /// etcd's instances, plus those held by a grace period.
     pub instances: Arc<Instances>,
     /// etcd revision the view reflects.
     pub revision: i64,
@@ -54,21 +69,41 @@ pub struct ServiceView {
     pub connected: bool,
     /// When etcd last confirmed the view (a get, an event or a progress notification).
     pub last_sync: SystemTime,
+    /// Set while a grace period holds instances etcd no longer lists.
+    pub grace: Option<GraceStatus>,
+}
+
+/// A grace period as consumers report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GraceStatus {
+    pub reason: String,
+    /// Instances served although etcd does not list them.
+    pub held: usize,
+    /// When the held instances are dropped at the latest.
+    #[serde(skip)]
+    pub until: SystemTime,
 }
 
 /// Tuning for [`spawn`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiscoveryOptions {
     /// How often to ask a quiet watch stream for progress to prove it is alive.
     pub progress_interval: Duration,
     pub backoff: Backoff,
+    /// How long a resync that lost the registry's instances is not believed.
+    pub grace_period: Duration,
 }
+
+/// About two of nerve's default lease TTLs: the time every nerve needs to notice a lost
+/// lease and register again.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
 
 impl Default for DiscoveryOptions {
     fn default() -> Self {
         DiscoveryOptions {
             progress_interval: Duration::from_secs(5),
             backoff: Backoff::default(),
+            grace_period: DEFAULT_GRACE_PERIOD,
         }
     }
 }
@@ -86,11 +121,23 @@ pub enum Change {
     },
 }
 
+impl Change {
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Put { id, .. } | Change::Remove { id } => id,
+        }
+    }
+}
+
 /// Applies `change`; returns whether the set changed.
 pub fn apply(instances: &mut Instances, change: Change) -> bool {
     match change {
         Change::Put { id, record } => {
-            instances.insert(id, record.clone()).as_ref() != Some(&record)
+            if instances.get(&id) == Some(&record) {
+                return false;
+            }
+            instances.insert(id, record);
+            true
         }
         Change::Remove { id } => instances.remove(&id).is_some(),
     }
@@ -143,23 +190,41 @@ pub fn step(revision: i64, message: WatchMessage) -> Step {
     }
 }
 
+/// Why a key-value is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The instance id, when the key names one (its old record must not stay routable).
+    pub id: Option<String>,
+    pub reason: String,
+}
+
 /// Decodes one key-value of `service_prefix` into a change, or says why it is skipped.
 /// Keys deeper than one segment are not instances and are ignored (`Ok(None)`).
 pub fn decode(
     service_prefix: &str,
     key: &[u8],
     value: Option<&[u8]>,
-) -> Result<Option<Change>, String> {
-    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+) -> Result<Option<Change>, Skipped> {
+    let key = std::str::from_utf8(key).map_err(|_| Skipped {
+        id: None,
+        reason: "key is not UTF-8".to_owned(),
+    })?;
     let Some(id) = key::instance_id(service_prefix, key) else {
         return Ok(None);
     };
+    if let Err(reason) = key::validate_segment("instance id", id) {
+        // Never routable, so there is nothing to remove either.
+        return Err(Skipped { id: None, reason });
+    }
     let id = id.to_owned();
     match value {
         None => Ok(Some(Change::Remove { id })),
         Some(v) => match InstanceRecord::parse(v, &id) {
             Ok(record) => Ok(Some(Change::Put { id, record })),
-            Err(e) => Err(format!("invalid record: {e}")),
+            Err(e) => Err(Skipped {
+                id: Some(id),
+                reason: format!("invalid record: {e}"),
+            }),
         },
     }
 }
@@ -193,8 +258,10 @@ pub fn spawn(etcd: Etcd, service: &str, options: DiscoveryOptions) -> Discovery 
             etcd,
             options,
             sender,
-            instances: Instances::new(),
+            live: Instances::new(),
+            grace: None,
             revision: 0,
+            cluster_id: 0,
             warned: HashMap::new(),
             reported_down: false,
         }
@@ -209,8 +276,11 @@ struct Watcher {
     prefix: String,
     options: DiscoveryOptions,
     sender: watch::Sender<Option<ServiceView>>,
-    instances: Instances,
+    /// What etcd lists.
+    live: Instances,
+    grace: Option<Grace>,
     revision: i64,
+    cluster_id: u64,
     /// Keys already warned about, with the mod revision warned about.
     warned: HashMap<Vec<u8>, i64>,
     /// The current outage has been logged; later failed attempts only log at debug.
@@ -248,16 +318,16 @@ impl Watcher {
                     continue;
                 }
             };
-            if let Err(e) = self.sync(session.client.clone()).await {
-                self.disconnected(&e, ever_synced);
+            if let Err(e) = self.sync(&session.client).await {
+                self.disconnected(&e.to_string(), ever_synced);
                 self.etcd.failed(session.generation).await;
                 backoff.wait().await;
                 continue;
             }
             if !ever_synced {
-                tracing::info!(service = %self.service, instances = self.instances.len(), revision = self.revision, "discovered");
+                tracing::info!(service = %self.service, instances = self.live.len(), revision = self.revision, "discovered");
             } else if self.reported_down {
-                tracing::info!(service = %self.service, instances = self.instances.len(), revision = self.revision, "resynced with etcd");
+                tracing::info!(service = %self.service, instances = self.live.len(), revision = self.revision, "resynced with etcd");
             }
             ever_synced = true;
             self.reported_down = false;
@@ -276,11 +346,11 @@ impl Watcher {
         // Once per outage: a retry loop against a dead etcd must not log every attempt.
         let first = !std::mem::replace(&mut self.reported_down, true);
         if !first {
-            tracing::debug!(service = %self.service, %error, "etcd still unreachable");
+            tracing::debug!(service = %self.service, %error, "registry still unreadable");
         } else if ever_synced {
-            tracing::warn!(service = %self.service, %error, instances = self.instances.len(), "watch lost; serving the last known instances while retrying");
+            tracing::warn!(service = %self.service, %error, instances = self.served_count(), "watch lost; serving the last known instances while retrying");
         } else {
-            tracing::warn!(service = %self.service, %error, "etcd unreachable; no instances known yet, retrying");
+            tracing::warn!(service = %self.service, %error, "cannot read the registry; no instances known yet, retrying");
         }
         self.sender.send_if_modified(|view| match view {
             Some(v) if v.connected => {
@@ -291,87 +361,141 @@ impl Watcher {
         });
     }
 
-    /// Full get of the prefix; replaces the view with what etcd holds.
-    async fn sync(&mut self, mut client: etcd_client::Client) -> Result<(), String> {
+    fn served_count(&self) -> usize {
+        self.live.len() + self.grace.as_ref().map_or(0, |g| g.held.len())
+    }
+
+    /// Full read of the prefix; replaces etcd's instances with what it holds, unless that
+    /// looks like a lost registry (then a grace period holds the instances known before).
+    async fn sync(&mut self, client: &etcd_client::Client) -> Result<(), snapshot::SnapshotError> {
         let limit = self.etcd.config().request_timeout.get();
-        let response = tokio::time::timeout(
-            limit,
-            client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|_| format!("get {} took longer than {limit:?}", self.prefix))?
-        .map_err(|e| format!("get {}: {e}", self.prefix))?;
-        let revision = response
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| "get response without header".to_owned())?;
-        let mut instances = Instances::new();
-        for kv in response.kvs() {
+        let snapshot = snapshot::read(client, &self.prefix, limit).await?;
+        let mut live = Instances::new();
+        let mut seen = std::collections::HashSet::with_capacity(snapshot.kvs.len());
+        for kv in &snapshot.kvs {
+            seen.insert(kv.key());
             match decode(&self.prefix, kv.key(), Some(kv.value())) {
                 Ok(Some(change)) => {
-                    apply(&mut instances, change);
+                    apply(&mut live, change);
                 }
                 Ok(None) => {}
-                Err(reason) => self.warn_invalid(kv.key(), kv.mod_revision(), &reason),
+                Err(skipped) => self.warn_skipped(kv.key(), kv.mod_revision(), &skipped.reason),
             }
         }
-        self.warned
-            .retain(|k, _| response.kvs().iter().any(|kv| kv.key() == k.as_slice()));
-        self.instances = instances;
-        self.revision = revision;
+        for key in &snapshot.unreadable {
+            seen.insert(key);
+            self.warn_skipped(key, snapshot.revision, &format!("value too large to read (over {} bytes); records are at most {MAX_RECORD_BYTES} bytes", snapshot::PAGE_BYTES));
+        }
+        self.warned.retain(|k, _| seen.contains(k.as_slice()));
+        let known = Known {
+            instances: self.served_count(),
+            revision: self.revision,
+            cluster_id: self.cluster_id,
+        };
+        let served = self.served();
+        match judge_resync(known, live.len(), snapshot.revision, snapshot.cluster_id) {
+            Some(reason) if !served.is_empty() => {
+                let until = match &self.grace {
+                    // A second loss during a grace period does not extend it.
+                    Some(g) => g.until,
+                    None => Instant::now() + self.options.grace_period,
+                };
+                let grace = Grace::start(reason, until, &served, &live);
+                tracing::warn!(service = %self.service, reason = %grace.reason, held = grace.held.len(), listed = live.len(), period = ?until.saturating_duration_since(Instant::now()), "registry lost instances on resync; serving the last known ones while it refills");
+                self.grace = Some(grace);
+            }
+            _ => {
+                if let Some(g) = &mut self.grace {
+                    g.keep_missing(&live);
+                }
+            }
+        }
+        self.live = live;
+        self.revision = snapshot.revision;
+        self.cluster_id = snapshot.cluster_id;
+        self.end_grace_if_over();
         self.publish(true);
         Ok(())
     }
 
-    fn warn_invalid(&mut self, key: &[u8], mod_revision: i64, reason: &str) {
+    fn warn_skipped(&mut self, key: &[u8], mod_revision: i64, reason: &str) {
         if self.warned.insert(key.to_vec(), mod_revision) != Some(mod_revision) {
-            tracing::warn!(service = %self.service, key = %String::from_utf8_lossy(key), %reason, "skipping registration");
+            tracing::warn!(service = %self.service, key = %Untrusted(key), %reason, "skipping registration");
         }
+    }
+
+    /// etcd's instances plus the held ones.
+    fn served(&self) -> Instances {
+        match &self.grace {
+            Some(g) => g.served(&self.live),
+            None => self.live.clone(),
+        }
+    }
+
+    /// Ends the grace period when everything held has settled or its time is up; whether
+    /// it ended.
+    fn end_grace_if_over(&mut self) -> bool {
+        let Some(grace) = &self.grace else {
+            return false;
+        };
+        if !grace.is_over(Instant::now()) {
+            return false;
+        }
+        if grace.held.is_empty() {
+            tracing::info!(service = %self.service, instances = self.live.len(), "registry refilled; grace period over");
+        } else {
+            tracing::warn!(service = %self.service, dropped = grace.held.len(), instances = self.live.len(), "grace period over; dropping the instances etcd did not list again");
+        }
+        self.grace = None;
+        true
     }
 
     fn publish(&mut self, connected: bool) {
         let view = ServiceView {
             service: self.service.clone(),
-            instances: Arc::new(self.instances.clone()),
+            instances: Arc::new(self.served()),
             revision: self.revision,
             connected,
             last_sync: SystemTime::now(),
+            grace: self.grace.as_ref().map(|g| GraceStatus {
+                reason: g.reason.to_string(),
+                held: g.held.len(),
+                until: SystemTime::now() + g.until.saturating_duration_since(Instant::now()),
+            }),
         };
         self.sender.send_modify(|v| *v = Some(view));
     }
 
     /// Watches from the revision after the view's until the stream ends.
-    async fn watch(&mut self, mut client: etcd_client::Client, generation: u64) -> Ended {
+    async fn watch(&mut self, client: etcd_client::Client, generation: u64) -> Ended {
+        let failed = |established| Ended::Failed {
+            generation,
+            established,
+        };
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
-            .with_progress_notify();
+            .with_progress_notify()
+            .with_fragment();
         let limit = self.etcd.config().request_timeout.get();
+        let mut watcher = client
+            .watch_client()
+            .max_decoding_message_size(snapshot::PAGE_BYTES);
         let mut stream =
-            match tokio::time::timeout(limit, client.watch(self.prefix.as_str(), Some(options)))
+            match tokio::time::timeout(limit, watcher.watch(self.prefix.as_str(), Some(options)))
                 .await
             {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     self.disconnected(&format!("watch: {e}"), true);
-                    return Ended::Failed {
-                        generation,
-                        established: false,
-                    };
+                    return failed(false);
                 }
                 Err(_) => {
                     self.disconnected("watch creation timed out", true);
-                    return Ended::Failed {
-                        generation,
-                        established: false,
-                    };
+                    return failed(false);
                 }
             };
         let mut established = false;
-        let failed = |established| Ended::Failed {
-            generation,
-            established,
-        };
         let interval = self.options.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -379,88 +503,34 @@ impl Watcher {
         let silence = tokio::time::sleep(silence_limit);
         tokio::pin!(silence);
         loop {
+            let grace_ends = self.grace.as_ref().map(|g| g.until);
             tokio::select! {
                 message = stream.message() => {
-                    let response = match message {
-                        Ok(Some(r)) => r,
-                        Ok(None) => {
-                            self.disconnected("watch stream closed by etcd", true);
-                            return failed(established);
-                        }
-                        Err(e) => {
-                            self.disconnected(&format!("watch stream: {e}"), true);
-                            return failed(established);
-                        }
-                    };
                     silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
-                    let mut changes = Vec::with_capacity(response.events().len());
-                    for event in response.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let value = match event.event_type() {
-                            EventType::Put => Some(kv.value()),
-                            EventType::Delete => None,
+                    let mut batch = Batch::default();
+                    let mut next = Some(message);
+                    // Everything already waiting is applied together and published once.
+                    while let Some(message) = next.take() {
+                        let response = match message {
+                            Ok(Some(r)) => r,
+                            Ok(None) => {
+                                self.disconnected("watch stream closed by etcd", true);
+                                return failed(established);
+                            }
+                            Err(e) => {
+                                self.disconnected(&format!("watch stream: {e}"), true);
+                                return failed(established);
+                            }
                         };
-                        match decode(&self.prefix, kv.key(), value) {
-                            Ok(Some(change)) => {
-                                if value.is_none() {
-                                    self.warned.remove(kv.key());
-                                }
-                                changes.push(change);
-                            }
-                            Ok(None) => {}
-                            Err(reason) => {
-                                self.warn_invalid(kv.key(), kv.mod_revision(), &reason);
-                                if let Some(id) = std::str::from_utf8(kv.key()).ok().and_then(|k| key::instance_id(&self.prefix, k)) {
-                                    changes.push(Change::Remove { id: id.to_owned() });
-                                }
-                            }
+                        match self.take(response, &mut batch) {
+                            Ok(()) => {}
+                            Err(Resync::Compacted) => return Ended::Compacted,
+                            Err(Resync::Failed) => return failed(established),
                         }
+                        next = stream.message().now_or_never();
                     }
-                    // A creation alone proves little: a member that drops every watch
-                    // right after creating it must not reset the backoff (a reconnect
-                    // storm of full gets). A later message (progress, event) does.
-                    let created = response.created();
-                    let message = WatchMessage {
-                        created,
-                        canceled: response.canceled(),
-                        compact_revision: response.compact_revision(),
-                        cancel_reason: response.cancel_reason().to_owned(),
-                        header_revision: response.header().map(|h| h.revision()).unwrap_or(0),
-                        changes,
-                    };
-                    match step(self.revision, message) {
-                        Step::Resync { compacted, reason } => {
-                            if compacted {
-                                tracing::info!(service = %self.service, %reason, "resyncing");
-                                return Ended::Compacted;
-                            }
-                            self.disconnected(&reason, true);
-                            return failed(established);
-                        }
-                        Step::Apply { changes, revision } => {
-                            established |= !created;
-                            let mut changed = false;
-                            for change in changes {
-                                changed |= apply(&mut self.instances, change);
-                            }
-                            self.revision = revision;
-                            let was_connected = self.sender.borrow().as_ref().is_some_and(|v| v.connected);
-                            if changed || !was_connected {
-                                if !was_connected {
-                                    tracing::info!(service = %self.service, revision, "watch established");
-                                }
-                                self.publish(true);
-                            } else {
-                                self.sender.send_if_modified(|v| {
-                                    if let Some(v) = v {
-                                        v.revision = revision;
-                                        v.last_sync = SystemTime::now();
-                                    }
-                                    false
-                                });
-                            }
-                        }
-                    }
+                    established |= batch.beyond_creation;
+                    self.publish_batch(batch);
                 }
                 _ = &mut silence => {
                     self.disconnected(&format!("watch stream silent for {silence_limit:?}"), true);
@@ -472,8 +542,124 @@ impl Watcher {
                         return failed(established);
                     }
                 }
+                _ = sleep_until_some(grace_ends) => {
+                    if self.end_grace_if_over() {
+                        self.publish(true);
+                    }
+                }
             }
         }
+    }
+
+    /// Applies one watch response to etcd's instances, noting what the batch changed.
+    fn take(&mut self, response: WatchResponse, batch: &mut Batch) -> Result<(), Resync> {
+        let changes = self.changes_of(&response);
+        let created = response.created();
+        let message = WatchMessage {
+            created,
+            canceled: response.canceled(),
+            compact_revision: response.compact_revision(),
+            cancel_reason: response.cancel_reason().to_owned(),
+            header_revision: response.header().map(|h| h.revision()).unwrap_or(0),
+            changes,
+        };
+        match step(self.revision, message) {
+            Step::Resync { compacted: true, reason } => {
+                tracing::info!(service = %self.service, %reason, "resyncing");
+                Err(Resync::Compacted)
+            }
+            Step::Resync { compacted: false, reason } => {
+                self.disconnected(&reason, true);
+                Err(Resync::Failed)
+            }
+            Step::Apply { changes, revision } => {
+                // A creation alone proves little: a member that drops every watch right
+                // after creating it must not reset the backoff (a reconnect storm of full
+                // gets). A later message (progress, event) does.
+                batch.beyond_creation |= !created;
+                for change in changes {
+                    if let Some(g) = &mut self.grace {
+                        batch.changed |= g.settled(change.id());
+                    }
+                    batch.changed |= apply(&mut self.live, change);
+                }
+                self.revision = revision;
+                Ok(())
+            }
+        }
+    }
+
+    /// The changes of a response's events; invalid puts become removals.
+    fn changes_of(&mut self, response: &WatchResponse) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(response.events().len());
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let value = match event.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            };
+            match decode(&self.prefix, kv.key(), value) {
+                Ok(Some(change)) => {
+                    if value.is_none() {
+                        self.warned.remove(kv.key());
+                    }
+                    changes.push(change);
+                }
+                Ok(None) => {}
+                Err(skipped) => {
+                    self.warn_skipped(kv.key(), kv.mod_revision(), &skipped.reason);
+                    if let Some(id) = skipped.id {
+                        changes.push(Change::Remove { id });
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// Publishes what a batch of watch messages changed, or only the confirmation.
+    fn publish_batch(&mut self, batch: Batch) {
+        let ended = self.end_grace_if_over();
+        let was_connected = self
+            .sender
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| v.connected);
+        if !was_connected {
+            tracing::info!(service = %self.service, revision = self.revision, "watch established");
+        }
+        if batch.changed || ended || !was_connected {
+            self.publish(true);
+        } else {
+            let revision = self.revision;
+            self.sender.send_if_modified(|v| {
+                if let Some(v) = v {
+                    v.revision = revision;
+                    v.last_sync = SystemTime::now();
+                }
+                false
+            });
+        }
+    }
+}
+
+/// What the watch messages applied together did.
+#[derive(Default)]
+struct Batch {
+    changed: bool,
+    beyond_creation: bool,
+}
+
+enum Resync {
+    Compacted,
+    Failed,
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -489,7 +675,7 @@ mod tests {
             name: format!("i{port}"),
             weight: 100,
             zone: None,
-            labels: BTreeMap::new(),
+            labels: Default::default(),
         }
     }
 
@@ -514,7 +700,7 @@ mod tests {
             for c in changes.clone() {
                 apply(&mut view, c);
             }
-            let mut expected: BTreeMap<String, Option<InstanceRecord>> = BTreeMap::new();
+            let mut expected: std::collections::BTreeMap<String, Option<InstanceRecord>> = Default::default();
             for c in changes {
                 match c {
                     Change::Put { id, record } => { expected.insert(id, Some(record)); }
@@ -595,7 +781,12 @@ mod tests {
         );
         assert!(decode(p, b"/s/web/a", Some(b"nope"))
             .unwrap_err()
+            .reason
             .contains("invalid record"));
+        let forged = decode(p, b"/s/web/a\nlevel=ERROR", Some(br#"{"host":"h","port":1}"#)).unwrap_err();
+        assert_eq!(forged.id, None);
+        assert!(forged.reason.contains("control characters"), "{}", forged.reason);
+        assert!(decode(p, b"/s/web/a b", None).is_err());
         assert_eq!(
             decode(p, b"/s/web/a", Some(br#"{"host":"h","port":1}"#)).map(|c| c.is_some()),
             Ok(true)

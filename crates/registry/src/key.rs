@@ -1,22 +1,36 @@
 //! Key layout: `<prefix>/<service>/<instance_id>`, default prefix `/smartstack/services`.
 //!
-//! Service names and instance ids are single path segments: non-empty, no `/`, no white space
-//! or control characters, so a key always splits back into exactly one (service, instance).
+//! Service names and instance ids are single path segments: non-empty, at most
+//! [`MAX_SEGMENT_BYTES`], no `/`, no white space or control characters, so a key always
+//! splits back into exactly one (service, instance) and prints on one line.
+
+use crate::untrusted::Untrusted;
 
 /// The prefix under which every registration lives unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "/smartstack/services";
 
-/// Checks that `value` can be one segment of a key; `what` names it in the error.
+/// Longest service name or instance id (a DNS name plus a port fits).
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// Checks that `value` can be one segment of a key; `what` names it in the error (which
+/// shows the value escaped and clipped: it may come from the registry).
 pub fn validate_segment(what: &str, value: &str) -> Result<(), String> {
+    let shown = Untrusted::str(value);
     if value.is_empty() {
         return Err(format!("{what} must not be empty"));
     }
+    if value.len() > MAX_SEGMENT_BYTES {
+        return Err(format!(
+            "{what} {shown} is {} bytes long, more than {MAX_SEGMENT_BYTES}",
+            value.len()
+        ));
+    }
     if value.contains('/') {
-        return Err(format!("{what} {value:?} must not contain '/'"));
+        return Err(format!("{what} {shown} must not contain '/'"));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
-            "{what} {value:?} must not contain white space or control characters"
+            "{what} {shown} must not contain white space or control characters"
         ));
     }
     Ok(())
@@ -83,6 +97,10 @@ mod tests {
         assert!(validate_segment("service", "").is_err());
         assert!(validate_segment("service", "a/b").is_err());
         assert!(validate_segment("service", "a b").is_err());
+        assert!(validate_segment("id", "a\nb").is_err());
+        assert!(validate_segment("id", &"a".repeat(MAX_SEGMENT_BYTES)).is_ok());
+        let long = validate_segment("id", &"a".repeat(100_000)).unwrap_err();
+        assert!(long.contains("100000 bytes long") && long.len() < 300, "{long}");
         assert!(validate_prefix("/smartstack/services").is_ok());
         assert!(validate_prefix("smartstack").is_err());
         assert!(validate_prefix("/smartstack/").is_err());

@@ -9,6 +9,10 @@
 //! - [`etcd`]: an [`Etcd`] handle that connects lazily, rotates across endpoints and retries
 //!   transient failures, because etcd-client itself does neither.
 //! - [`lease`]: one lease kept alive for a process, replaced when etcd loses it.
+//! - [`untrusted`]: registry text made safe to print (escaped, clipped).
+//! - [`snapshot`]: a consistent read of a whole prefix, in pages, whatever its size.
+//! - [`grace`]: the grace period that keeps instances a resync says are gone (a rebuilt,
+//!   rewound or different etcd) while the registry refills; a pure decision.
 //! - [`discovery`]: the instances of one service, kept current by get + watch with resync,
 //!   published on a `tokio::sync::watch` channel.
 //!
@@ -19,9 +23,12 @@ pub mod backoff;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
+pub mod grace;
 pub mod key;
 pub mod lease;
 pub mod record;
+pub mod snapshot;
+pub mod untrusted;
 
 pub use config::{ConfigDuration, ConfigError, EtcdConfig};
 pub use etcd::Etcd;

@@ -8,8 +8,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::untrusted::Untrusted;
+
 /// The weight an instance gets when its record names none.
 pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// Largest value read as a record: a record is a few hundred bytes, and a consumer must not
+/// pay for whatever anyone with write access stores under the prefix.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Longest `host`, `name` or `zone` (a DNS name is at most 253 bytes).
+pub const MAX_FIELD_BYTES: usize = 255;
 
 /// One registered instance of a service, as consumers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +42,8 @@ pub struct InstanceRecord {
 /// Why a stored value is not a valid [`InstanceRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    #[error("value is {0} bytes, more than the {MAX_RECORD_BYTES}-byte limit of a record")]
+    TooLarge(usize),
     #[error("not valid JSON: {0}")]
     Json(String),
     #[error("missing required field `{0}`")]
@@ -60,6 +71,9 @@ impl InstanceRecord {
     /// Parses and validates a stored value. `instance_id` (from the key) fills `name` when
     /// the record has none, as a hand-written record may.
     pub fn parse(value: &[u8], instance_id: &str) -> Result<Self, RecordError> {
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge(value.len()));
+        }
         let raw: RawRecord = match serde_json::from_slice::<serde_json::Value>(value) {
             Ok(v @ serde_json::Value::Object(_)) => {
                 serde_json::from_value(v).map_err(|e| RecordError::Json(e.to_string()))?
@@ -76,10 +90,13 @@ impl InstanceRecord {
             None | Some(serde_json::Value::Null) => return Err(RecordError::Missing("host")),
             Some(v) => string_field("host", v)?,
         };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if host.is_empty()
+            || host.len() > MAX_FIELD_BYTES
+            || host.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid(
                 "host",
-                format!("{host:?} is not a host name or IP address"),
+                format!("{} is not a host name or IP address", Untrusted::str(&host)),
             ));
         }
         let port = match raw.port {
@@ -88,7 +105,7 @@ impl InstanceRecord {
         };
         let name = match raw.name {
             None | Some(serde_json::Value::Null) => instance_id.to_owned(),
-            Some(v) => string_field("name", v)?,
+            Some(v) => one_line_field("name", v)?,
         };
         let weight = match raw.weight {
             None | Some(serde_json::Value::Null) => DEFAULT_WEIGHT,
@@ -96,7 +113,7 @@ impl InstanceRecord {
         };
         let zone = match raw.zone {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(string_field("zone", v)?),
+            Some(v) => Some(one_line_field("zone", v)?),
         };
         let labels = match raw.labels {
             None | Some(serde_json::Value::Null) => BTreeMap::new(),
@@ -134,6 +151,21 @@ impl InstanceRecord {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// A string field that is printed in logs and `/status`: short, on one line.
+fn one_line_field(field: &'static str, v: serde_json::Value) -> Result<String, RecordError> {
+    let text = string_field(field, v)?;
+    if text.len() > MAX_FIELD_BYTES || text.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!(
+                "{} must be at most {MAX_FIELD_BYTES} bytes without control characters",
+                Untrusted::str(&text)
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 fn invalid(field: &'static str, problem: String) -> RecordError {
@@ -277,6 +309,14 @@ mod tests {
                 r#"{"host":"h","port":80,"labels":{"a":1}}"#,
                 "value of \"a\" must be a string",
             ),
+            (
+                r#"{"host":"h","port":80,"zone":"a\nb"}"#,
+                "field `zone` \"a\\nb\" must be at most 255 bytes",
+            ),
+            (
+                r#"{"host":"h","port":80,"name":"a\u0000"}"#,
+                "field `name`",
+            ),
         ];
         for (input, reason) in cases {
             match parse(input) {
@@ -287,6 +327,21 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn oversized_values_and_hosts_are_refused_without_echoing_them() {
+        let host = "h".repeat(1_000_000);
+        let big = format!(r#"{{"host":"{host}","port":80}}"#);
+        assert_eq!(
+            parse(&big).unwrap_err(),
+            RecordError::TooLarge(big.len())
+        );
+        let long_host = format!(r#"{{"host":"{}","port":80}}"#, "h".repeat(300));
+        let e = parse(&long_host).unwrap_err().to_string();
+        assert!(e.contains("is not a host name") && e.len() < 200, "{e}");
+        let just_fits = format!(r#"{{"host":"h","port":80,"labels":{{"a":"{}"}}}}"#, "x".repeat(MAX_RECORD_BYTES - 40));
+        assert!(parse(&just_fits).is_ok());
     }
 
     fn any_record() -> impl Strategy<Value = InstanceRecord> {

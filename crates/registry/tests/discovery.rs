@@ -221,6 +221,7 @@ async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
         DiscoveryOptions {
             progress_interval: Duration::from_millis(300),
             backoff,
+            ..DiscoveryOptions::default()
         },
     );
     wait_ids(&d, &["a"]).await;

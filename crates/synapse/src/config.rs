@@ -31,6 +31,10 @@ pub struct SynapseConfig {
     /// How long live connections may run on after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// How long a resync that lost a service's instances (etcd rebuilt empty, rewound,
+    /// replaced) is not believed: the instances known before are served meanwhile.
+    #[serde(default = "default_registry_grace_period")]
+    pub registry_grace_period: ConfigDuration,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
 }
@@ -116,6 +120,10 @@ impl fmt::Display for Balance {
             Balance::Random => "random",
         })
     }
+}
+
+fn default_registry_grace_period() -> ConfigDuration {
+    ConfigDuration(registry::discovery::DEFAULT_GRACE_PERIOD)
 }
 
 fn default_shutdown_timeout() -> ConfigDuration {
@@ -253,6 +261,12 @@ impl Validate for SynapseConfig {
         if self.shutdown_timeout.get() > Duration::from_secs(24 * 3600) {
             return Err(FieldError::new("shutdown_timeout", "must be at most 24h"));
         }
+        if self.registry_grace_period.get() > Duration::from_secs(3600) {
+            return Err(FieldError::new(
+                "registry_grace_period",
+                "must be at most 1h (0s turns the grace period off)",
+            ));
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut listens: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -305,6 +319,7 @@ impl SynapseConfig {
             admin: None,
             cache_file: None,
             shutdown_timeout: default_shutdown_timeout(),
+            registry_grace_period: default_registry_grace_period(),
             services: Vec::new(),
         }
     }
@@ -364,12 +379,13 @@ mod tests {
         assert_eq!(s.max_connections, 10_000);
         assert_eq!(s.min_zone_backends, 1);
         assert_eq!(c.shutdown_timeout.get(), Duration::from_secs(30));
+        assert_eq!(c.registry_grace_period.get(), Duration::from_secs(20));
     }
 
     #[test]
     fn every_key_loads() {
         let c = parse(&format!(
-            "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\n\
+            "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\nregistry_grace_period: 30s\n\
              services:\n  - name: web\n    listen: 3000\n    balance: least_conn\n    connect_timeout: 200ms\n\
              \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n    max_ejection_percent: 30\n\
              \x20   drain_timeout: 5s\n    max_connections: 7\n    idle_timeout: 1m\n    min_zone_backends: 2\n\
@@ -382,6 +398,7 @@ mod tests {
         assert!(s.retry_unanswered);
         assert_eq!(s.default_servers[0].weight, 5);
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(c.registry_grace_period.get(), Duration::from_secs(30));
         // JSON is YAML too, as SmartStack's configs are JSON.
         let j = parse(
             r#"{"etcd": {"endpoints": ["127.0.0.1:2379"]}, "services": [{"name": "db", "listen": "127.0.0.1:5432", "balance": "random"}]}"#,

@@ -96,11 +96,12 @@ pub struct ShutdownReport {
     pub drained: bool,
 }
 
-fn discovery_options(etcd: &Etcd) -> DiscoveryOptions {
+fn discovery_options(etcd: &Etcd, config: &SynapseConfig) -> DiscoveryOptions {
     DiscoveryOptions {
         // A quiet watch is probed as often as the connection is; a hung member is then
         // detected on the same schedule whichever layer notices first.
         progress_interval: etcd.config().keepalive_interval.get(),
+        grace_period: config.registry_grace_period.get(),
         ..DiscoveryOptions::default()
     }
 }
@@ -328,7 +329,7 @@ impl Synapse {
                 runtime.shared.set_cache(state.cache.clone());
             }
         }
-        if actions.contains(&Action::Rediscover) {
+        if state.config.etcd != new.etcd {
             state.etcd = Etcd::new(new.etcd.clone());
         }
         let mut started = HashSet::new();
@@ -414,7 +415,7 @@ impl Synapse {
                             runtime.rediscover(discovery::spawn(
                                 etcd.clone(),
                                 name,
-                                discovery_options(&etcd),
+                                discovery_options(&etcd, &new),
                             ));
                         }
                     }
@@ -524,7 +525,7 @@ fn start_service(
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
-    let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd));
+    let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd, config));
     Ok(ServiceRuntime::start(
         shared,
         listener,

@@ -19,8 +19,8 @@ pub enum Action {
     /// A service whose listen address changed (and maybe more): move the listener, update
     /// the rest in place.
     Rebind(ServiceConfig),
-    /// The etcd block changed: every service follows a new discovery (serving its current
-    /// backends until the new one answers).
+    /// The etcd block or `registry_grace_period` changed: every service follows a new
+    /// discovery (serving its current backends until the new one answers).
     Rediscover,
     /// synapse's zone changed.
     Zone(Option<String>),
@@ -50,7 +50,7 @@ pub fn diff(old: &SynapseConfig, new: &SynapseConfig) -> Vec<Action> {
     }
     let mut actions = stops;
     actions.append(&mut rest);
-    if old.etcd != new.etcd {
+    if old.etcd != new.etcd || old.registry_grace_period != new.registry_grace_period {
         actions.push(Action::Rediscover);
     }
     if old.zone != new.zone {
