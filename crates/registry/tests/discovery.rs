@@ -25,11 +25,16 @@ fn cluster_handle(endpoints: Vec<String>) -> Etcd {
 }
 
 fn start(etcd: Etcd, service: &str) -> Discovery {
+    start_with_grace(etcd, service, DiscoveryOptions::default().grace_period)
+}
+
+fn start_with_grace(etcd: Etcd, service: &str, grace_period: Duration) -> Discovery {
     discovery::spawn(
         etcd,
         service,
         DiscoveryOptions {
             progress_interval: Duration::from_millis(300),
+            grace_period,
             ..DiscoveryOptions::default()
         },
     )
@@ -152,17 +157,63 @@ async fn a_partition_with_changes_and_compaction_resyncs_when_healed() {
 }
 
 #[tokio::test]
-async fn an_etcd_rebuilt_with_empty_data_is_resynced() {
+async fn an_etcd_rebuilt_with_empty_data_is_resynced_after_a_grace_period() {
     let mut etcd = EtcdServer::start().await;
     for i in 0..30 {
         put(&etcd, "web", "a", 1000 + i);
     }
-    let d = start(etcd_handle(etcd.endpoint()), "web");
+    let grace = Duration::from_secs(2);
+    let d = start_with_grace(etcd_handle(etcd.endpoint()), "web", grace);
     wait_ids(&d, &["a"]).await;
     etcd.restart_empty().await;
     // The new history is at a lower revision than the view; only a resync can see this.
     put(&etcd, "web", "z", 1999);
+    // The rebuilt etcd is not believed at once: `a` is held while the registry refills.
+    wait_ids(&d, &["a", "z"]).await;
+    let held = view(&d).and_then(|v| v.grace).expect("a grace period is reported");
+    assert!(held.reason.contains("revision went back"), "{}", held.reason);
+    assert_eq!(held.held, 1);
+    let started = std::time::Instant::now();
     wait_ids(&d, &["z"]).await;
+    assert!(view(&d).is_some_and(|v| v.grace.is_none()));
+    assert!(started.elapsed() <= grace + Duration::from_millis(500), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_resync_that_empties_a_service_holds_its_instances_but_deletes_apply_at_once() {
+    let etcd = EtcdServer::start().await;
+    put(&etcd, "web", "a", 1001);
+    put(&etcd, "web", "b", 1002);
+    let link = Link::start(etcd.client_addr()).await;
+    let d = start_with_grace(etcd_handle(link.http_endpoint()), "web", Duration::from_secs(30));
+    wait_ids(&d, &["a", "b"]).await;
+    // Every lease expires while this consumer is cut off (etcdctl still reaches etcd).
+    link.cut();
+    wait_until("the partition is noticed", DEADLINE, || async {
+        view(&d).is_some_and(|v| !v.connected)
+    })
+    .await;
+    etcd.etcdctl(&["del", "--prefix", "/smartstack/services/web/"]);
+    link.heal();
+    wait_until("the resync holds both instances", DEADLINE, || async {
+        view(&d).is_some_and(|v| v.connected && v.grace.as_ref().is_some_and(|g| g.held == 2))
+    })
+    .await;
+    assert_eq!(ids(&d), set(&["a", "b"]));
+    // Refilling: `a` comes back (etcd's record now), `c` is new.
+    put(&etcd, "web", "a", 1011);
+    put(&etcd, "web", "c", 1003);
+    wait_ids(&d, &["a", "b", "c"]).await;
+    assert_eq!(view(&d).unwrap().instances["a"].port, 1011);
+    // An individual delete is believed at once, grace period or not.
+    etcd.etcdctl(&["del", "/smartstack/services/web/c"]);
+    wait_ids(&d, &["a", "b"]).await;
+    put(&etcd, "web", "b", 1012);
+    wait_until("the grace period ends once every held instance is back", DEADLINE, || async {
+        view(&d).is_some_and(|v| v.grace.is_none())
+    })
+    .await;
+    assert_eq!(ids(&d), set(&["a", "b"]));
 }
 
 #[tokio::test]
