@@ -4,12 +4,14 @@
 //!   data dirs, stopped, paused, restarted or wiped on demand, killed by PID on drop.
 //! - [`backend`]: TCP backends that greet each connection with their name, then echo.
 //! - [`process`]: the real `nerve`/`synapse` binaries as child processes, killed on drop.
+//! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
 //! Everything binds 127.0.0.1 only.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod bulk;
 pub mod etcd;
 pub mod link;
 pub mod process;

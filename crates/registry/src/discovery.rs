@@ -564,11 +564,17 @@ impl Watcher {
             changes,
         };
         match step(self.revision, message) {
-            Step::Resync { compacted: true, reason } => {
+            Step::Resync {
+                compacted: true,
+                reason,
+            } => {
                 tracing::info!(service = %self.service, %reason, "resyncing");
                 Err(Resync::Compacted)
             }
-            Step::Resync { compacted: false, reason } => {
+            Step::Resync {
+                compacted: false,
+                reason,
+            } => {
                 self.disconnected(&reason, true);
                 Err(Resync::Failed)
             }
@@ -620,11 +626,7 @@ impl Watcher {
     /// Publishes what a batch of watch messages changed, or only the confirmation.
     fn publish_batch(&mut self, batch: Batch) {
         let ended = self.end_grace_if_over();
-        let was_connected = self
-            .sender
-            .borrow()
-            .as_ref()
-            .is_some_and(|v| v.connected);
+        let was_connected = self.sender.borrow().as_ref().is_some_and(|v| v.connected);
         if !was_connected {
             tracing::info!(service = %self.service, revision = self.revision, "watch established");
         }
@@ -783,9 +785,18 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("invalid record"));
-        let forged = decode(p, b"/s/web/a\nlevel=ERROR", Some(br#"{"host":"h","port":1}"#)).unwrap_err();
+        let forged = decode(
+            p,
+            b"/s/web/a\nlevel=ERROR",
+            Some(br#"{"host":"h","port":1}"#),
+        )
+        .unwrap_err();
         assert_eq!(forged.id, None);
-        assert!(forged.reason.contains("control characters"), "{}", forged.reason);
+        assert!(
+            forged.reason.contains("control characters"),
+            "{}",
+            forged.reason
+        );
         assert!(decode(p, b"/s/web/a b", None).is_err());
         assert_eq!(
             decode(p, b"/s/web/a", Some(br#"{"host":"h","port":1}"#)).map(|c| c.is_some()),

@@ -98,13 +98,22 @@ pub struct Grace {
 
 impl Grace {
     /// Starts holding what was `served` and `live` (etcd's new answer) lacks.
-    pub fn start(reason: GraceReason, until: Instant, served: &Instances, live: &Instances) -> Grace {
+    pub fn start(
+        reason: GraceReason,
+        until: Instant,
+        served: &Instances,
+        live: &Instances,
+    ) -> Grace {
         let held = served
             .iter()
             .filter(|(id, _)| !live.contains_key(*id))
             .map(|(id, r)| (id.clone(), r.clone()))
             .collect();
-        Grace { reason, until, held }
+        Grace {
+            reason,
+            until,
+            held,
+        }
     }
 
     /// etcd listed or deleted `id`: it is no longer held.
@@ -155,7 +164,10 @@ mod tests {
     }
 
     fn instances(ports: &[u16]) -> Instances {
-        ports.iter().map(|&p| (format!("i{p}"), record(p))).collect()
+        ports
+            .iter()
+            .map(|&p| (format!("i{p}"), record(p)))
+            .collect()
     }
 
     const KNOWN: Known = Known {
@@ -167,7 +179,11 @@ mod tests {
     #[test]
     fn only_a_lost_registry_starts_a_grace_period() {
         assert_eq!(judge_resync(KNOWN, 3, 60, 7), None);
-        assert_eq!(judge_resync(KNOWN, 1, 60, 7), None, "a smaller set is believed");
+        assert_eq!(
+            judge_resync(KNOWN, 1, 60, 7),
+            None,
+            "a smaller set is believed"
+        );
         assert_eq!(
             judge_resync(KNOWN, 0, 60, 7),
             Some(GraceReason::Emptied { before: 3 })
@@ -186,7 +202,10 @@ mod tests {
             cluster_id: 0,
         };
         assert_eq!(judge_resync(first, 0, 1, 7), None);
-        let empty_before = Known { instances: 0, ..KNOWN };
+        let empty_before = Known {
+            instances: 0,
+            ..KNOWN
+        };
         assert_eq!(judge_resync(empty_before, 0, 60, 7), None);
     }
 

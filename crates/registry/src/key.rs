@@ -100,7 +100,10 @@ mod tests {
         assert!(validate_segment("id", "a\nb").is_err());
         assert!(validate_segment("id", &"a".repeat(MAX_SEGMENT_BYTES)).is_ok());
         let long = validate_segment("id", &"a".repeat(100_000)).unwrap_err();
-        assert!(long.contains("100000 bytes long") && long.len() < 300, "{long}");
+        assert!(
+            long.contains("100000 bytes long") && long.len() < 300,
+            "{long}"
+        );
         assert!(validate_prefix("/smartstack/services").is_ok());
         assert!(validate_prefix("smartstack").is_err());
         assert!(validate_prefix("/smartstack/").is_err());

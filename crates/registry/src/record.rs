@@ -313,10 +313,7 @@ mod tests {
                 r#"{"host":"h","port":80,"zone":"a\nb"}"#,
                 "field `zone` \"a\\nb\" must be at most 255 bytes",
             ),
-            (
-                r#"{"host":"h","port":80,"name":"a\u0000"}"#,
-                "field `name`",
-            ),
+            (r#"{"host":"h","port":80,"name":"a\u0000"}"#, "field `name`"),
         ];
         for (input, reason) in cases {
             match parse(input) {
@@ -333,14 +330,14 @@ mod tests {
     fn oversized_values_and_hosts_are_refused_without_echoing_them() {
         let host = "h".repeat(1_000_000);
         let big = format!(r#"{{"host":"{host}","port":80}}"#);
-        assert_eq!(
-            parse(&big).unwrap_err(),
-            RecordError::TooLarge(big.len())
-        );
+        assert_eq!(parse(&big).unwrap_err(), RecordError::TooLarge(big.len()));
         let long_host = format!(r#"{{"host":"{}","port":80}}"#, "h".repeat(300));
         let e = parse(&long_host).unwrap_err().to_string();
         assert!(e.contains("is not a host name") && e.len() < 200, "{e}");
-        let just_fits = format!(r#"{{"host":"h","port":80,"labels":{{"a":"{}"}}}}"#, "x".repeat(MAX_RECORD_BYTES - 40));
+        let just_fits = format!(
+            r#"{{"host":"h","port":80,"labels":{{"a":"{}"}}}}"#,
+            "x".repeat(MAX_RECORD_BYTES - 40)
+        );
         assert!(parse(&just_fits).is_ok());
     }
 

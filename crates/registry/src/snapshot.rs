@@ -134,12 +134,25 @@ pub async fn read(
                             .with_limit(1)
                             .with_keys_only()
                             .with_revision(snapshot.revision);
-                        let keys = tokio::time::timeout(timeout, kv.get(start.clone(), Some(options)))
-                            .await
-                            .map_err(|_| SnapshotError::Timeout { prefix: prefix.to_owned(), page, limit: timeout })?
-                            .map_err(|source| SnapshotError::Etcd { prefix: prefix.to_owned(), page, source })?;
+                        let keys =
+                            tokio::time::timeout(timeout, kv.get(start.clone(), Some(options)))
+                                .await
+                                .map_err(|_| SnapshotError::Timeout {
+                                    prefix: prefix.to_owned(),
+                                    page,
+                                    limit: timeout,
+                                })?
+                                .map_err(|source| SnapshotError::Etcd {
+                                    prefix: prefix.to_owned(),
+                                    page,
+                                    source,
+                                })?;
                         let Some(key) = keys.kvs().first().map(|kv| kv.key().to_vec()) else {
-                            return Err(SnapshotError::Etcd { prefix: prefix.to_owned(), page, source: e });
+                            return Err(SnapshotError::Etcd {
+                                prefix: prefix.to_owned(),
+                                page,
+                                source: e,
+                            });
                         };
                         start = key_after(&key);
                         snapshot.unreadable.push(key);

@@ -170,13 +170,23 @@ async fn an_etcd_rebuilt_with_empty_data_is_resynced_after_a_grace_period() {
     put(&etcd, "web", "z", 1999);
     // The rebuilt etcd is not believed at once: `a` is held while the registry refills.
     wait_ids(&d, &["a", "z"]).await;
-    let held = view(&d).and_then(|v| v.grace).expect("a grace period is reported");
-    assert!(held.reason.contains("revision went back"), "{}", held.reason);
+    let held = view(&d)
+        .and_then(|v| v.grace)
+        .expect("a grace period is reported");
+    assert!(
+        held.reason.contains("revision went back"),
+        "{}",
+        held.reason
+    );
     assert_eq!(held.held, 1);
     let started = std::time::Instant::now();
     wait_ids(&d, &["z"]).await;
     assert!(view(&d).is_some_and(|v| v.grace.is_none()));
-    assert!(started.elapsed() <= grace + Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= grace + Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -185,7 +195,11 @@ async fn a_resync_that_empties_a_service_holds_its_instances_but_deletes_apply_a
     put(&etcd, "web", "a", 1001);
     put(&etcd, "web", "b", 1002);
     let link = Link::start(etcd.client_addr()).await;
-    let d = start_with_grace(etcd_handle(link.http_endpoint()), "web", Duration::from_secs(30));
+    let d = start_with_grace(
+        etcd_handle(link.http_endpoint()),
+        "web",
+        Duration::from_secs(30),
+    );
     wait_ids(&d, &["a", "b"]).await;
     // Every lease expires while this consumer is cut off (etcdctl still reaches etcd).
     link.cut();
@@ -209,9 +223,11 @@ async fn a_resync_that_empties_a_service_holds_its_instances_but_deletes_apply_a
     etcd.etcdctl(&["del", "/smartstack/services/web/c"]);
     wait_ids(&d, &["a", "b"]).await;
     put(&etcd, "web", "b", 1012);
-    wait_until("the grace period ends once every held instance is back", DEADLINE, || async {
-        view(&d).is_some_and(|v| v.grace.is_none())
-    })
+    wait_until(
+        "the grace period ends once every held instance is back",
+        DEADLINE,
+        || async { view(&d).is_some_and(|v| v.grace.is_none()) },
+    )
     .await;
     assert_eq!(ids(&d), set(&["a", "b"]));
 }

@@ -14,6 +14,7 @@
 //! Ejection decisions are pure functions too ([`may_eject`], [`ejection_length`]); the
 //! clock is passed in as milliseconds since a process-wide origin ([`now_ms`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -140,55 +141,47 @@ pub enum SetEvent {
 
 /// The set after the registry said `specs` is the list of instances: stats carried over
 /// for every backend that stays (or returns from draining), removed ones draining while
-/// they have connections. Duplicate endpoints keep their first spec.
+/// they have connections. Duplicate endpoints keep their first spec. O(n) in the size of
+/// the two sets (hash lookups by endpoint), so a service of thousands of instances is
+/// rebuilt in milliseconds.
 pub fn update(old: &BackendSet, specs: Vec<BackendSpec>) -> (BackendSet, Vec<SetEvent>) {
+    let by_endpoint = |backends: &[Backend]| -> HashMap<(String, u16), Backend> {
+        backends
+            .iter()
+            .map(|b| ((b.spec.host.clone(), b.spec.port), b.clone()))
+            .collect()
+    };
+    let mut old_active = by_endpoint(&old.active);
+    let mut old_draining = by_endpoint(&old.draining);
     let mut events = Vec::new();
     let mut active: Vec<Backend> = Vec::with_capacity(specs.len());
+    let mut taken: HashSet<(String, u16)> = HashSet::with_capacity(specs.len());
     for spec in specs {
-        if active.iter().any(|b| b.spec.endpoint() == spec.endpoint()) {
+        let endpoint = (spec.host.clone(), spec.port);
+        if !taken.insert(endpoint.clone()) {
             continue;
         }
-        if let Some(b) = old
-            .active
-            .iter()
-            .find(|b| b.spec.endpoint() == spec.endpoint())
-        {
+        let stats = if let Some(b) = old_active.remove(&endpoint) {
             if b.spec != spec {
                 events.push(SetEvent::Updated {
-                    from: b.spec.clone(),
+                    from: b.spec,
                     to: spec.clone(),
                 });
             }
-            active.push(Backend {
-                spec,
-                stats: b.stats.clone(),
-            });
-        } else if let Some(b) = old
-            .draining
-            .iter()
-            .find(|b| b.spec.endpoint() == spec.endpoint())
-        {
+            b.stats
+        } else if let Some(b) = old_draining.remove(&endpoint) {
             events.push(SetEvent::Revived(spec.clone()));
-            active.push(Backend {
-                spec,
-                stats: b.stats.clone(),
-            });
+            b.stats
         } else {
             events.push(SetEvent::Added(spec.clone()));
-            active.push(Backend {
-                spec,
-                stats: Arc::new(Stats::default()),
-            });
-        }
+            Arc::new(Stats::default())
+        };
+        active.push(Backend { spec, stats });
     }
-    let stays = |b: &Backend| {
-        active
-            .iter()
-            .any(|a| a.spec.endpoint() == b.spec.endpoint())
-    };
+    // What is left of the old sets did not stay; keep their order for stable logs.
     let mut draining = Vec::new();
     for b in &old.active {
-        if !stays(b) {
+        if old_active.contains_key(&(b.spec.host.clone(), b.spec.port)) {
             events.push(SetEvent::Removed(b.spec.clone()));
             if b.stats.active() > 0 {
                 draining.push(b.clone());
@@ -196,7 +189,7 @@ pub fn update(old: &BackendSet, specs: Vec<BackendSpec>) -> (BackendSet, Vec<Set
         }
     }
     for b in &old.draining {
-        if !stays(b) && b.stats.active() > 0 {
+        if old_draining.contains_key(&(b.spec.host.clone(), b.spec.port)) && b.stats.active() > 0 {
             draining.push(b.clone());
         }
     }

@@ -41,9 +41,45 @@ const SCHEDULE_WEIGHT_LIMIT: u64 = 4096;
 /// backend appears in proportion to its weight, interleaved rather than in runs, so a
 /// heavy backend does not get bursts. Weight-0 backends never appear. Large weights are
 /// scaled down (never below 1) so that the cycle stays short.
+///
+/// nginx's loop costs O(backends) per slot. Here backends of equal weight are walked as one
+/// group, which yields the same order: within a group every member gains the same each
+/// step, so they are picked in index order, round after round, and only the group's next
+/// member can be the group's maximum. A slot then costs O(distinct weights): one or two
+/// groups for a service of thousands of instances, even during a canary.
 pub fn schedule(weights: &[u32]) -> Vec<usize> {
+    let scaled = scale(weights);
+    let total: i64 = scaled.iter().sum();
+    let mut groups = weight_groups(&scaled);
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for g in 0..groups.len() {
+            groups[g].current += groups[g].weight;
+            let (a, b) = (&groups[g], &groups[best]);
+            // The highest current wins; ties go to the lowest backend index, as in
+            // nginx's loop over backends.
+            if a.current > b.current || (a.current == b.current && a.next() < b.next()) {
+                best = g;
+            }
+        }
+        let group = &mut groups[best];
+        order.push(group.next());
+        group.position += 1;
+        if group.position == group.members.len() {
+            // Every member has had its turn: all of them now stand where the first did.
+            group.position = 0;
+            group.current -= total;
+        }
+    }
+    order
+}
+
+/// Weights scaled so that their sum stays near [`SCHEDULE_WEIGHT_LIMIT`] (a weight above 0
+/// stays at least 1).
+fn scale(weights: &[u32]) -> Vec<i64> {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    let scaled: Vec<i64> = weights
+    weights
         .iter()
         .map(|&w| {
             let w = u64::from(w);
@@ -55,22 +91,42 @@ pub fn schedule(weights: &[u32]) -> Vec<usize> {
                 w as i64
             }
         })
-        .collect();
-    let total: i64 = scaled.iter().sum();
-    let mut current = vec![0i64; scaled.len()];
-    let mut order = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for i in 0..scaled.len() {
-            current[i] += scaled[i];
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        order.push(best);
+        .collect()
+}
+
+/// Backends of one (scaled) weight, walked together by [`schedule`]. Members from
+/// `position` on stand at `current`; those before it have had their turn this round and
+/// stand one `total` lower.
+struct WeightGroup {
+    weight: i64,
+    /// Backend indexes, ascending.
+    members: Vec<usize>,
+    position: usize,
+    current: i64,
+}
+
+impl WeightGroup {
+    fn next(&self) -> usize {
+        self.members[self.position]
     }
-    order
+}
+
+fn weight_groups(scaled: &[i64]) -> Vec<WeightGroup> {
+    let mut by_weight: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (i, &w) in scaled.iter().enumerate() {
+        if w > 0 {
+            by_weight.entry(w).or_default().push(i);
+        }
+    }
+    by_weight
+        .into_iter()
+        .map(|(weight, members)| WeightGroup {
+            weight,
+            members,
+            position: 0,
+            current: 0,
+        })
+        .collect()
 }
 
 /// The backends a new connection may go to, best class first: untried backends with a
@@ -297,6 +353,42 @@ mod tests {
                 local,
             },
         )
+    }
+
+    /// nginx's loop, one pass over every backend per slot: the reference [`schedule`]
+    /// must agree with.
+    fn schedule_by_nginx_loop(weights: &[u32]) -> Vec<usize> {
+        let scaled = scale(weights);
+        let total: i64 = scaled.iter().sum();
+        let mut current = vec![0i64; scaled.len()];
+        let mut order = Vec::new();
+        for _ in 0..total {
+            let mut best = 0;
+            for i in 0..scaled.len() {
+                current[i] += scaled[i];
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            order.push(best);
+        }
+        order
+    }
+
+    proptest! {
+        #[test]
+        fn grouping_equal_weights_gives_nginx_order(weights in proptest::collection::vec(prop_oneof![Just(0u32), Just(1), Just(5), Just(100), 0u32..300], 0..40)) {
+            prop_assert_eq!(schedule(&weights), schedule_by_nginx_loop(&weights));
+        }
+    }
+
+    #[test]
+    fn large_sets_get_the_nginx_order_too() {
+        let mut weights = vec![100u32; 3000];
+        weights[7] = 5;
+        weights[2999] = 0;
+        assert_eq!(schedule(&weights), schedule_by_nginx_loop(&weights));
     }
 
     #[test]

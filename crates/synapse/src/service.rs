@@ -54,6 +54,25 @@ pub struct RegistryState {
     pub revision: i64,
     /// Unix time in milliseconds of the last confirmation from etcd.
     pub last_sync_unix_ms: Option<u64>,
+    /// Set while a grace period serves instances etcd no longer lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<GraceState>,
+}
+
+/// A grace period in progress, as the status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraceState {
+    pub reason: String,
+    /// Instances served although etcd does not list them.
+    pub held_instances: usize,
+    /// When they are dropped at the latest (Unix time in milliseconds).
+    pub until_unix_ms: Option<u64>,
+}
+
+fn unix_ms(t: SystemTime) -> Option<u64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// State of one service shared by its accept loop, its connections and its follower.
@@ -204,6 +223,23 @@ impl Shared {
             tracing::warn!(service = %self.name, reason = why, unserved_total = count, "closing client connections unserved");
         } else {
             tracing::debug!(service = %self.name, reason = why, "client connection closed unserved");
+        }
+    }
+
+    /// Records what the registry said, for the status page.
+    fn record_registry(&self, view: Option<&ServiceView>) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.connected = false;
+        registry.grace = None;
+        if let Some(v) = view {
+            registry.connected = v.connected;
+            registry.revision = v.revision;
+            registry.last_sync_unix_ms = unix_ms(v.last_sync);
+            registry.grace = v.grace.as_ref().map(|g| GraceState {
+                reason: g.reason.clone(),
+                held_instances: g.held,
+                until_unix_ms: unix_ms(g.until),
+            });
         }
     }
 
@@ -503,10 +539,14 @@ async fn accept_loop(
 
 /// Keeps the service's backend set in line with etcd (or the cache, or the defaults), and
 /// does the housekeeping: expired ejections, forgotten drained backends, drain timeouts.
+///
+/// The watch channel keeps only the newest view, so a burst of registry changes costs one
+/// rebuild per view the follower gets to, not one per change; and the rebuild (O(instances))
+/// runs on the blocking pool, never on the workers that relay traffic.
 async fn follow(shared: Arc<Shared>, sources: Sources) {
     let Sources { discovery, initial } = sources;
     let mut views = discovery.subscribe();
-    let mut applied: Option<(Vec<BackendSpec>, Source)> = None;
+    let mut applied: Option<Applied> = None;
     // What was last given to which writer; a weak reference, so that a writer a reload
     // dropped is not kept alive (and writing) by this task.
     let mut cached_instances: Option<Arc<Instances>> = None;
@@ -520,21 +560,6 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
     loop {
         let view: Option<ServiceView> = views.borrow_and_update().clone();
         let config = shared.config.load_full();
-        let chosen = choose(
-            view.as_ref().map(|v| v.instances.as_ref()),
-            initial.as_deref(),
-            &config.default_servers,
-        )
-        .map(|(specs, source)| {
-            (
-                specs,
-                if source == Source::Cache {
-                    initial_source
-                } else {
-                    source
-                },
-            )
-        });
         let known = match &view {
             Some(v) => Some((v.instances.clone(), Source::Etcd)),
             None => initial.clone().map(|i| (i, initial_source)),
@@ -543,23 +568,7 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
             .last_known
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = known;
-        {
-            let mut registry = shared
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            registry.connected = false;
-            if let Some(v) = &view {
-                registry.connected = v.connected;
-                registry.revision = v.revision;
-                registry.last_sync_unix_ms = v
-                    .last_sync
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_millis() as u64);
-            }
-            registry.source = chosen.as_ref().map(|(_, s)| *s);
-        }
+        shared.record_registry(view.as_ref());
         if let (Some(v), Some(cache)) = (&view, shared.cache.load_full()) {
             let new_writer = !std::sync::Weak::ptr_eq(&cached_to, &Arc::downgrade(&cache));
             if new_writer
@@ -572,55 +581,173 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
                 cache.store(&shared.name, v.instances.clone(), v.revision);
             }
         }
-        if let Some((specs, source)) = chosen {
-            if applied.as_ref() != Some(&(specs.clone(), source)) {
-                if applied.as_ref().map(|(_, s)| *s) != Some(source) {
-                    match source {
-                        Source::Etcd => {
-                            tracing::info!(service = %shared.name, backends = specs.len(), "serving etcd's view")
-                        }
-                        Source::Cache => {
-                            tracing::info!(service = %shared.name, backends = specs.len(), "serving the last known backends until etcd answers")
-                        }
-                        Source::Defaults => {
-                            tracing::info!(service = %shared.name, backends = specs.len(), "the registry has no instance: serving default_servers")
-                        }
+        let wanted = Wanted {
+            view: view.map(|v| v.instances),
+            initial: initial.clone(),
+            initial_source,
+            config,
+        };
+        if applied.as_ref().is_none_or(|a| !a.wanted.same_as(&wanted)) {
+            applied = rebuild(&shared, wanted, applied.take()).await;
+        }
+        loop {
+            tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        // The discovery task is gone (only at shutdown); keep the set as it is.
+                        return;
                     }
                 }
-                install(&shared, specs.clone());
-                applied = Some((specs, source));
-                shared.ready.store(true, Ordering::Release);
-                shared.known.send_replace(true);
-            }
-        }
-        tokio::select! {
-            changed = views.changed() => {
-                if changed.is_err() {
-                    // The discovery task is gone (only at shutdown); keep the set as it is.
-                    return;
+                _ = shared.recompute.notified() => {}
+                _ = housekeeping.tick() => {
+                    housekeep(&shared);
+                    continue;
                 }
             }
-            _ = shared.recompute.notified() => {}
-            _ = housekeeping.tick() => housekeep(&shared),
+            break;
         }
     }
 }
 
-/// Swaps in the set for `specs` and acts on what changed.
-fn install(shared: &Arc<Shared>, specs: Vec<BackendSpec>) {
+/// The inputs a backend set is made from.
+struct Wanted {
+    view: Option<Arc<Instances>>,
+    initial: Option<Arc<Instances>>,
+    initial_source: Source,
+    config: Arc<ServiceConfig>,
+}
+
+impl Wanted {
+    /// Whether `other` would give the same set: the same (shared, immutable) inputs.
+    fn same_as(&self, other: &Wanted) -> bool {
+        let same = |a: &Option<Arc<Instances>>, b: &Option<Arc<Instances>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same(&self.view, &other.view)
+            && same(&self.initial, &other.initial)
+            && self.initial_source == other.initial_source
+            && self.config.default_servers == other.config.default_servers
+    }
+
+    /// The backends to use and their source (`None`: nothing is known yet).
+    fn choose(&self) -> Option<(Vec<BackendSpec>, Source)> {
+        choose(
+            self.view.as_deref(),
+            self.initial.as_deref(),
+            &self.config.default_servers,
+        )
+        .map(|(specs, source)| {
+            let source = if source == Source::Cache {
+                self.initial_source
+            } else {
+                source
+            };
+            (specs, source)
+        })
+    }
+}
+
+/// The set in service and what it was made from.
+struct Applied {
+    wanted: Wanted,
+    specs: Vec<BackendSpec>,
+    source: Source,
+}
+
+/// Makes the set `wanted` asks for, off the async workers, and swaps it in if it differs
+/// from the one in service. Returns what is in service now.
+async fn rebuild(
+    shared: &Arc<Shared>,
+    wanted: Wanted,
+    applied: Option<Applied>,
+) -> Option<Applied> {
     let old = shared.set.load_full();
-    let (set, events) = backends::update(&old, specs);
+    let made = tokio::task::spawn_blocking(move || {
+        let Some((specs, source)) = wanted.choose() else {
+            return (applied.map(|a| Applied { wanted, ..a }), None);
+        };
+        let unchanged = applied
+            .as_ref()
+            .is_some_and(|a| a.source == source && a.specs == specs);
+        let update = (!unchanged).then(|| backends::update(&old, specs.clone()));
+        let previous_source = applied.map(|a| a.source);
+        (
+            Some(Applied {
+                wanted,
+                specs,
+                source,
+            }),
+            update.map(|u| (u, previous_source)),
+        )
+    })
+    .await;
+    let (applied, update) = match made {
+        Ok(made) => made,
+        // Only a panic in the pure rebuild; the set in service stays.
+        Err(e) => {
+            tracing::error!(service = %shared.name, error = %e, "rebuilding the backend set failed");
+            return None;
+        }
+    };
+    shared
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .source = applied.as_ref().map(|a| a.source);
+    if let (Some(a), Some(((set, events), previous_source))) = (&applied, update) {
+        if previous_source != Some(a.source) {
+            log_source(&shared.name, a.source, a.specs.len());
+        }
+        install(shared, set, events);
+        shared.ready.store(true, Ordering::Release);
+        shared.known.send_replace(true);
+    }
+    applied
+}
+
+fn log_source(service: &str, source: Source, backends: usize) {
+    match source {
+        Source::Etcd => tracing::info!(service, backends, "serving etcd's view"),
+        Source::Cache => {
+            tracing::info!(
+                service,
+                backends,
+                "serving the last known backends until etcd answers"
+            )
+        }
+        Source::Defaults => {
+            tracing::info!(
+                service,
+                backends,
+                "the registry has no instance: serving default_servers"
+            )
+        }
+    }
+}
+
+/// Changes logged one by one per rebuild; beyond that a summary (a burst of thousands of
+/// registrations must not cost thousands of log lines per consumer).
+const EVENTS_LOGGED: usize = 20;
+
+/// Swaps in `set` and acts on what changed.
+fn install(shared: &Arc<Shared>, set: BackendSet, events: Vec<SetEvent>) {
     let set = Arc::new(set);
     shared.set.store(set.clone());
     let drain_timeout = shared.config.load().drain_timeout;
-    for event in events {
+    let mut counts = EventCounts::default();
+    for (n, event) in events.into_iter().enumerate() {
+        counts.count(&event);
+        let log = n < EVENTS_LOGGED;
         match event {
-            SetEvent::Added(s) => {
+            SetEvent::Added(s) if log => {
                 tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), weight = s.weight, zone = ?s.zone, "backend added")
             }
-            SetEvent::Updated { from, to } => {
+            SetEvent::Updated { from, to } if log => {
                 tracing::info!(service = %shared.name, id = %to.id, backend = %format!("{}:{}", to.host, to.port), weight = to.weight, old_weight = from.weight, zone = ?to.zone, "backend updated")
             }
+            SetEvent::Added(_) | SetEvent::Updated { .. } => {}
             SetEvent::Revived(s) => {
                 if let Some(b) = set
                     .active
@@ -631,7 +758,9 @@ fn install(shared: &Arc<Shared>, specs: Vec<BackendSpec>) {
                         b.stats.drain.store(Arc::new(CancellationToken::new()));
                     }
                 }
-                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend back in the registry while draining");
+                if log {
+                    tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend back in the registry while draining");
+                }
             }
             SetEvent::Removed(s) => {
                 let draining = set
@@ -640,26 +769,56 @@ fn install(shared: &Arc<Shared>, specs: Vec<BackendSpec>) {
                     .find(|b| b.spec.endpoint() == s.endpoint())
                     .cloned();
                 let live = draining.as_ref().map(|b| b.stats.active()).unwrap_or(0);
-                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), live_connections = live, "backend removed; live connections run on");
+                if log {
+                    tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), live_connections = live, "backend removed; live connections run on");
+                }
                 if let (Some(b), Some(timeout)) = (draining, drain_timeout) {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(timeout.get()).await;
-                        let still_draining = shared
-                            .set
-                            .load()
-                            .draining
-                            .iter()
-                            .any(|d| Arc::ptr_eq(&d.stats, &b.stats));
-                        if still_draining && b.stats.active() > 0 {
-                            tracing::info!(service = %shared.name, backend = %format!("{}:{}", b.spec.host, b.spec.port), connections = b.stats.active(), "drain_timeout passed: closing the remaining connections");
-                            b.stats.drain.load().cancel();
-                        }
-                    });
+                    cut_after_drain_timeout(shared.clone(), b, timeout.get());
                 }
             }
         }
     }
+    if counts.total > EVENTS_LOGGED {
+        tracing::info!(service = %shared.name, added = counts.added, updated = counts.updated, removed = counts.removed, revived = counts.revived, backends = set.active.len(), not_logged = counts.total - EVENTS_LOGGED, "backend set changed");
+    }
+}
+
+#[derive(Default)]
+struct EventCounts {
+    total: usize,
+    added: usize,
+    updated: usize,
+    removed: usize,
+    revived: usize,
+}
+
+impl EventCounts {
+    fn count(&mut self, event: &SetEvent) {
+        self.total += 1;
+        match event {
+            SetEvent::Added(_) => self.added += 1,
+            SetEvent::Updated { .. } => self.updated += 1,
+            SetEvent::Removed(_) => self.removed += 1,
+            SetEvent::Revived(_) => self.revived += 1,
+        }
+    }
+}
+
+/// Closes what is left of a removed backend's connections once `timeout` has passed.
+fn cut_after_drain_timeout(shared: Arc<Shared>, b: Backend, timeout: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let still_draining = shared
+            .set
+            .load()
+            .draining
+            .iter()
+            .any(|d| Arc::ptr_eq(&d.stats, &b.stats));
+        if still_draining && b.stats.active() > 0 {
+            tracing::info!(service = %shared.name, backend = %format!("{}:{}", b.spec.host, b.spec.port), connections = b.stats.active(), "drain_timeout passed: closing the remaining connections");
+            b.stats.drain.load().cancel();
+        }
+    });
 }
 
 fn housekeep(shared: &Shared) {
