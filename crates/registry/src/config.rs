@@ -63,6 +63,7 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
     if text.trim().is_empty() {
         return Err(whole_file("the file is empty".into()));
     }
+    check_bounds(text).map_err(whole_file)?;
     let value: T = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
         .map_err(|e| yaml_error(path, e))?;
     value.validate().map_err(|e| ConfigError {
@@ -71,6 +72,66 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
         message: e.message,
     })?;
     Ok(value)
+}
+
+/// Largest configuration file read: a real one is a few kilobytes.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Deepest nesting of `[`/`{` accepted. The YAML parser's time grows with the square of the
+/// depth (40,000 levels took seconds), and no configuration needs more than a handful.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Rejects text too large or too deeply nested to be a configuration, before the parser
+/// spends time on it. Brackets inside quotes and comments do not count; block nesting is
+/// bounded by the size (each level costs a line of indentation).
+fn check_bounds(text: &str) -> Result<(), String> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the file is {} bytes, more than the {MAX_CONFIG_BYTES} a configuration may have",
+            text.len()
+        ));
+    }
+    let depth = flow_depth(text);
+    if depth > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "nested {depth} levels deep, more than the {MAX_FLOW_DEPTH} a configuration may use"
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of flow collections (`[`, `{`) outside quotes and comments.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut previous = '\n';
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if previous.is_whitespace() => {
+                // A comment runs to the end of the line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            (None, _) => {}
+        }
+        previous = c;
+    }
+    deepest
 }
 
 /// serde_path_to_error knows the full key, even for errors raised inside a field's own
@@ -385,6 +446,31 @@ impl EtcdConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_measured_outside_quotes_and_comments() {
+        assert_eq!(flow_depth("a: [1, {b: [2]}]\n"), 3);
+        assert_eq!(flow_depth("a: \"[[[[\" # [[[[[\nb: '{{'\n"), 0);
+        assert_eq!(flow_depth("a: \"x\\\"[\"\n"), 0);
+        assert_eq!(flow_depth("a: b#[c\n"), 1, "a # inside a word is not a comment");
+    }
+
+    #[test]
+    fn deep_or_huge_files_are_rejected_quickly() {
+        let deep = format!("a: {}", "[".repeat(40_000));
+        let started = std::time::Instant::now();
+        let e = check_bounds(&deep).unwrap_err();
+        assert!(e.contains("40000 levels deep"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        let huge = "#".repeat(MAX_CONFIG_BYTES + 1);
+        assert!(check_bounds(&huge).unwrap_err().contains("bytes"));
+        assert!(check_bounds(&format!("a: {}1{}", "[".repeat(64), "]".repeat(64))).is_ok());
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use registry::ConfigError;
 use synapse::{Synapse, SynapseConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -61,7 +62,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let outcome = runtime.block_on(run(args, config));
+    // A parse still running on the blocking pool (a SIGTERM came first) is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "synapse failed");
@@ -78,15 +82,31 @@ async fn run(args: Args, config: SynapseConfig) -> anyhow::Result<()> {
     let services = config.services.len();
     let synapse = Synapse::start(config).await?;
     tracing::info!(config = %args.config.display(), services, "synapse started");
+    // The file is read and parsed on the blocking pool, so that a SIGTERM never waits
+    // behind a slow parse; a SIGHUP during a parse reads the file again after it.
+    let mut parsing: Option<tokio::task::JoinHandle<Result<SynapseConfig, ConfigError>>> = None;
+    let mut again = false;
     loop {
         tokio::select! {
-            _ = hup.recv() => match SynapseConfig::load(&args.config) {
-                Ok(new) => match synapse.reload(new).await {
-                    Ok(actions) => tracing::info!(changes = actions.len(), "configuration reloaded"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps running"),
-                },
-                Err(e) => tracing::error!(error = %e, "reload rejected: invalid configuration; the previous configuration keeps running"),
-            },
+            _ = hup.recv() => {
+                if parsing.is_some() {
+                    again = true;
+                } else {
+                    parsing = Some(parse_in_background(&args.config));
+                }
+            }
+            parsed = wait_for(&mut parsing) => {
+                parsing = again.then(|| parse_in_background(&args.config));
+                again = false;
+                match parsed {
+                    Ok(Ok(new)) => match synapse.reload(new).await {
+                        Ok(actions) => tracing::info!(changes = actions.len(), "configuration reloaded"),
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps running"),
+                    },
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload rejected: invalid configuration; the previous configuration keeps running"),
+                    Err(e) => tracing::error!(error = %e, "reload failed while reading the configuration; the previous configuration keeps running"),
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -95,4 +115,21 @@ async fn run(args: Args, config: SynapseConfig) -> anyhow::Result<()> {
     let report = synapse.shutdown().await;
     tracing::info!(drained = report.drained, "synapse stopped");
     Ok(())
+}
+
+fn parse_in_background(
+    path: &std::path::Path,
+) -> tokio::task::JoinHandle<Result<SynapseConfig, ConfigError>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || SynapseConfig::load(&path))
+}
+
+/// The result of the parse in progress; pending while there is none.
+async fn wait_for<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }
