@@ -18,6 +18,8 @@
 //!   through DNS failures.
 //! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
 //! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
+//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and
+//!   each service's share of it when it is short (a cap below `max_connections`).
 //! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
 //!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
 //! - [`cache`]: the cache file of last known backends, written atomically.
@@ -38,6 +40,7 @@ pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod copy;
+pub mod descriptors;
 pub mod forward;
 pub mod limit;
 pub mod quiet;
