@@ -41,10 +41,16 @@ done
 # 10,000 proxied connections need 20,000+ descriptors in the proxy. Raise the limit as far
 # as allowed; where the hard limit is lower (some sandboxes cap it at 20,000 and forbid
 # raising it), hold as many as fit and say so in the report.
+# synapse holds each service to its share of the descriptor limit when the limit cannot
+# cover every max_connections (docs/synapse.md, "Descriptor limit"): so each service's
+# max_connections is what its step opens at once (web: wrk's connections; fo: the failover
+# load's 16; iperf: 9 streams; probe: 1; bulk: none), and HOLD leaves room for the others.
+SYN_MAX_WEB=$((CONNS * 2)) SYN_MAX_IPERF=16 SYN_MAX_FO=32 SYN_MAX_PROBE=8 SYN_MAX_BULK=16
+SYN_OTHERS=$((SYN_MAX_WEB + SYN_MAX_IPERF + SYN_MAX_FO + SYN_MAX_PROBE + SYN_MAX_BULK))
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT=$(ulimit -n)
-if [ $((HOLD * 2 + 400)) -gt "$FD_LIMIT" ]; then
-  HOLD=$(((FD_LIMIT - 400) / 2))
+if [ $(((HOLD + SYN_OTHERS) * 2 + 400)) -gt "$FD_LIMIT" ]; then
+  HOLD=$(((FD_LIMIT - 400) / 2 - SYN_OTHERS))
   echo "bench: descriptor limit $FD_LIMIT: holding $HOLD idle connections instead of ${BENCH_HOLD:-10000}" >&2
 fi
 HAP_MAXCONN=$(((FD_LIMIT - 200) / 2))
@@ -190,12 +196,12 @@ synapse_config() { # FILE WEB IPERF HOLD FO PROBE BULK
 etcd:
   endpoints: ["http://127.0.0.1:$ETCD_PORT"]
 services:
-  - {name: web, listen: "127.0.0.1:$2", max_connections: 100000}
-  - {name: iperf, listen: "127.0.0.1:$3"}
-  - {name: hold, listen: "127.0.0.1:$4", max_connections: 100000}
-  - {name: fo, listen: "127.0.0.1:$5", retry_unanswered: true}
-  - {name: probe, listen: "127.0.0.1:$6", startup_wait: 30s}
-  - {name: bulk, listen: "127.0.0.1:$7", startup_wait: 30s}
+  - {name: web, listen: "127.0.0.1:$2", max_connections: $SYN_MAX_WEB}
+  - {name: iperf, listen: "127.0.0.1:$3", max_connections: $SYN_MAX_IPERF}
+  - {name: hold, listen: "127.0.0.1:$4", max_connections: $HOLD}
+  - {name: fo, listen: "127.0.0.1:$5", retry_unanswered: true, max_connections: $SYN_MAX_FO}
+  - {name: probe, listen: "127.0.0.1:$6", startup_wait: 30s, max_connections: $SYN_MAX_PROBE}
+  - {name: bulk, listen: "127.0.0.1:$7", startup_wait: 30s, max_connections: $SYN_MAX_BULK}
 EOF
 }
 synapse_config "$BASE/synapse.yaml" "$S_WEB" "$S_IPERF" "$S_HOLD" "$S_FO" "$S_PROBE" "$S_BULK"

@@ -18,6 +18,8 @@
 //!   through DNS failures.
 //! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
 //! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
+//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and
+//!   each service's share of it when it is short (a cap below `max_connections`).
 //! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
 //!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
 //! - [`cache`]: the cache file of last known backends, written atomically.
@@ -38,6 +40,7 @@ pub mod balance;
 pub mod cache;
 pub mod config;
 pub mod copy;
+pub mod descriptors;
 pub mod forward;
 pub mod limit;
 pub mod quiet;
@@ -86,6 +89,8 @@ struct State {
     cache: Option<Arc<CacheWriter>>,
     /// What the cache file held at start, for services started later.
     cached: BTreeMap<String, cache::CachedService>,
+    /// The descriptor limit's caps for `config`, as last applied.
+    descriptors: descriptors::Plan,
     stopped: bool,
 }
 
@@ -127,6 +132,27 @@ fn warn_if_exposed(service: &ServiceConfig) {
     }
 }
 
+/// What the current descriptor limit means for `config`'s services.
+fn descriptor_plan(config: &SynapseConfig) -> descriptors::Plan {
+    let max_connections: Vec<u32> = config.services.iter().map(|s| s.max_connections).collect();
+    descriptors::plan(&max_connections, descriptors::soft_limit())
+}
+
+fn report_descriptors(config: &SynapseConfig, plan: &descriptors::Plan, was_short: bool) {
+    let services: Vec<(&str, u32)> = config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.max_connections))
+        .collect();
+    descriptors::report(plan, &services, was_short);
+}
+
+/// The descriptor cap of service `name` in `plan` (made for `config`).
+fn descriptor_cap(config: &SynapseConfig, plan: &descriptors::Plan, name: &str) -> Option<u32> {
+    let i = config.services.iter().position(|s| s.name == name)?;
+    plan.caps.get(i).copied().flatten()
+}
+
 fn read_cache(config: &SynapseConfig) -> BTreeMap<String, cache::CachedService> {
     let Some(path) = &config.cache_file else {
         return BTreeMap::new();
@@ -156,6 +182,8 @@ impl Synapse {
             .map(|path| CacheWriter::start(path, cached.clone()));
         let etcd = Etcd::new(config.etcd.clone());
         let cut = CancellationToken::new();
+        let plan = descriptor_plan(&config);
+        report_descriptors(&config, &plan, false);
         let mut runtimes = BTreeMap::new();
         let mut listeners = Vec::new();
         for s in &config.services {
@@ -163,7 +191,8 @@ impl Synapse {
         }
         for (s, listener) in config.services.iter().zip(listeners) {
             warn_if_exposed(s);
-            let runtime = start_service(s, listener, &config, &etcd, &cached, &cache, &cut)?;
+            let cap = descriptor_cap(&config, &plan, &s.name);
+            let runtime = start_service(s, cap, listener, &config, &etcd, &cached, &cache, &cut)?;
             runtimes.insert(s.name.clone(), runtime);
         }
         let synapse = Synapse {
@@ -175,6 +204,7 @@ impl Synapse {
                 admin: None,
                 cache,
                 cached,
+                descriptors: plan,
                 stopped: false,
             }),
             services: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
@@ -332,6 +362,9 @@ impl Synapse {
         if state.config.etcd != new.etcd {
             state.etcd = Etcd::new(new.etcd.clone());
         }
+        // Caps for the services started now; every service's cap is set again at the end,
+        // from the configuration that actually runs.
+        let plan = descriptor_plan(&new);
         let mut started = HashSet::new();
         // The configuration actually running: a service that could not take an address
         // freed in this reload is recorded as not started (or not moved), so that the next
@@ -364,6 +397,7 @@ impl Synapse {
                     warn_if_exposed(s);
                     let runtime = start_service(
                         s,
+                        descriptor_cap(&new, &plan, &s.name),
                         listener,
                         &new,
                         &state.etcd,
@@ -445,6 +479,17 @@ impl Synapse {
             }
         }
         state.config = recorded;
+        // Services or max_connections may have changed, or the limit (prlimit --pid).
+        let plan = descriptor_plan(&state.config);
+        if plan != state.descriptors {
+            report_descriptors(&state.config, &plan, state.descriptors.short());
+        }
+        for (name, runtime) in &state.runtimes {
+            runtime
+                .shared
+                .set_descriptor_cap(descriptor_cap(&state.config, &plan, name));
+        }
+        state.descriptors = plan;
         state.retired.retain(|t| !t.is_empty());
         self.publish(&state);
         Ok(actions)
@@ -508,8 +553,10 @@ fn recorded_as_unmoved(recorded: &mut SynapseConfig, unmoved: Option<ServiceConf
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_service(
     s: &ServiceConfig,
+    descriptor_cap: Option<u32>,
     listener: TcpListener,
     config: &SynapseConfig,
     etcd: &Etcd,
@@ -522,6 +569,7 @@ fn start_service(
         .with_context(|| format!("service {:?}: listener address", s.name))?;
     let shared = Shared::new(s.clone(), config.zone.clone(), addr, cut.child_token());
     shared.set_cache(cache.clone());
+    shared.set_descriptor_cap(descriptor_cap);
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));

@@ -1,5 +1,7 @@
 //! `max_connections`: a counter of a service's live connections that the accept loop waits
-//! on at the limit (backpressure: clients queue in the kernel's backlog).
+//! on at the limit (backpressure: clients queue in the kernel's backlog). The limit is the
+//! configured `max_connections`, or the service's share of the descriptor limit when that
+//! is lower ([`crate::descriptors`]).
 //!
 //! Built on two atomics instead of a `tokio::sync::Semaphore`, whose release takes the
 //! semaphore's waiter lock on every call: that was one lock per connection, shared by both
@@ -7,12 +9,16 @@
 //! `Notify` (and its lock) is only touched while the service is at its limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
 pub struct Limit {
     active: AtomicUsize,
+    /// The limit in force: the lower of `max_connections` and the descriptor cap.
     max: AtomicUsize,
+    /// `max_connections` and the descriptor cap, if any (only touched by reloads).
+    configured: Mutex<(u32, Option<u32>)>,
     /// Notified when a slot may have come free while the service was at its limit.
     freed: Notify,
 }
@@ -39,15 +45,41 @@ impl Limit {
         Limit {
             active: AtomicUsize::new(0),
             max: AtomicUsize::new(max as usize),
+            configured: Mutex::new((max, None)),
             freed: Notify::new(),
         }
     }
 
-    /// Changes the limit (a reload). Live connections over a lowered limit run on; new ones
-    /// wait until the count is under it.
+    /// Changes `max_connections` (a reload). Live connections over a lowered limit run on;
+    /// new ones wait until the count is under it.
     pub fn set_max(&self, max: u32) {
-        let old = self.max.swap(max as usize, Ordering::SeqCst);
-        if max as usize > old {
+        self.reconfigure(|c| c.0 = max);
+    }
+
+    /// Caps the limit below `max_connections` (`None`: no cap), as [`Limit::set_max`].
+    pub fn set_cap(&self, cap: Option<u32>) {
+        self.reconfigure(|c| c.1 = cap);
+    }
+
+    /// The limit in force when a cap holds it below `max_connections`.
+    pub fn capped(&self) -> Option<u32> {
+        let (max, cap) = *self
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cap.filter(|&c| c < max)
+    }
+
+    fn reconfigure(&self, change: impl FnOnce(&mut (u32, Option<u32>))) {
+        let mut configured = self
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        change(&mut configured);
+        let (max, cap) = *configured;
+        let max = cap.map_or(max, |c| c.min(max)) as usize;
+        let old = self.max.swap(max, Ordering::SeqCst);
+        if max > old {
             self.freed.notify_one();
         }
     }
@@ -147,5 +179,32 @@ mod tests {
         assert!(!takes_within(&limit, Duration::from_millis(50)).await);
         limit.release();
         assert!(takes_within(&limit, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_cap_below_max_connections_holds_new_ones_and_lifting_it_wakes_them() {
+        let limit = Arc::new(Limit::new(3));
+        limit.set_cap(Some(1));
+        assert_eq!(limit.capped(), Some(1));
+        limit.take().await.keep();
+        let waiter = tokio::spawn({
+            let limit = limit.clone();
+            async move { takes_within(&limit, Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        limit.set_cap(None);
+        assert!(waiter.await.unwrap());
+        assert_eq!(limit.capped(), None);
+        // A cap at or above max_connections changes nothing and is not shown.
+        limit.set_cap(Some(5));
+        assert_eq!(limit.capped(), None);
+        limit.take().await.keep();
+        assert!(!takes_within(&limit, Duration::from_millis(50)).await);
+        // Lowering max_connections under the cap: the cap is no longer what holds it.
+        limit.set_cap(Some(2));
+        assert_eq!(limit.capped(), Some(2));
+        limit.set_max(2);
+        assert_eq!(limit.capped(), None);
     }
 }

@@ -5,6 +5,8 @@
 //! - `synapse --config FILE --check-config`: validate, print `ok` or the problem, exit 1 on error.
 //! - SIGHUP: reload FILE (an invalid file is logged and the running config kept).
 //! - SIGTERM / SIGINT: stop accepting, let connections finish up to `shutdown_timeout`, exit 0.
+//!
+//! At start the soft descriptor limit is raised to the hard limit (`synapse::descriptors`).
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -52,6 +54,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Before anything is accepted: every service's share is computed from the raised limit.
+    raise_descriptor_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,6 +75,27 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "synapse failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and logs the outcome.
+fn raise_descriptor_limit() {
+    match synapse::descriptors::raise_soft_limit() {
+        Ok(r) if r.soft > r.old_soft => tracing::info!(
+            old_soft = r.old_soft,
+            soft = r.soft,
+            hard = r.hard,
+            "raised the soft descriptor limit (RLIMIT_NOFILE) to the hard limit"
+        ),
+        Ok(r) => tracing::info!(
+            soft = r.soft,
+            hard = r.hard,
+            "descriptor limit (RLIMIT_NOFILE): the soft limit is already the hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot raise the soft descriptor limit (RLIMIT_NOFILE); keeping it"
+        ),
     }
 }
 

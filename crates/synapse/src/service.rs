@@ -168,6 +168,12 @@ impl Shared {
         self.recompute.notify_one();
     }
 
+    /// Caps the service's live connections below `max_connections` (`None`: no cap): its
+    /// share of the descriptor limit ([`crate::descriptors`]).
+    pub fn set_descriptor_cap(&self, cap: Option<u32>) {
+        self.limit.set_cap(cap);
+    }
+
     /// Records etcd's views in `cache` from now on (`None`: nowhere). The follower writes
     /// the current view to a new writer at once, not at the next registry change.
     pub fn set_cache(&self, cache: Option<Arc<CacheWriter>>) {
@@ -285,6 +291,7 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             unserved_connections: self.unserved.load(Ordering::Relaxed),
+            effective_max_connections: self.limit.capped(),
         }
     }
 }
@@ -299,6 +306,10 @@ pub struct ServiceStatus {
     pub registry: RegistryState,
     /// Client connections closed because no backend could be reached.
     pub unserved_connections: u64,
+    /// The connection limit in force when the descriptor limit holds it below
+    /// `max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
