@@ -191,6 +191,42 @@ async fn sigterm_cuts_connections_left_after_shutdown_timeout() {
     );
 }
 
+/// A SIGHUP of a pathological file (nested 40,000 levels deep: the YAML parser is
+/// quadratic in depth) is refused at once with the reason, and a SIGTERM right behind it is
+/// not kept waiting.
+#[tokio::test]
+async fn a_deeply_nested_reload_is_refused_and_does_not_delay_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let config = dir.path().join("synapse.yaml");
+    let port = free_port();
+    write_config(&config, &etcd.endpoint(), &[("web", port)], "");
+    let mut synapse = spawn(dir.path(), &config);
+    wait_until("synapse is started", DEADLINE, || async {
+        synapse.output().contains("synapse started")
+    })
+    .await;
+    let deep = format!("services: {}", "[".repeat(40_000));
+    std::fs::write(&config, &deep).unwrap();
+    synapse.signal(Signal::SIGHUP);
+    let refused = testkit::time_until("the reload is refused", DEADLINE, || async {
+        synapse.output().contains("nested 40000 levels deep")
+    })
+    .await;
+    assert!(refused < Duration::from_secs(1), "refusing took {refused:?}");
+    // Again, with the SIGTERM right behind the SIGHUP.
+    synapse.signal(Signal::SIGHUP);
+    let started = Instant::now();
+    synapse.signal(Signal::SIGTERM);
+    let status = synapse
+        .wait_exit(DEADLINE)
+        .await
+        .expect("synapse did not exit");
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+}
+
 #[tokio::test]
 async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
