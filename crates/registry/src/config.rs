@@ -458,7 +458,11 @@ mod bounds_tests {
         assert_eq!(flow_depth("a: [1, {b: [2]}]\n"), 3);
         assert_eq!(flow_depth("a: \"[[[[\" # [[[[[\nb: '{{'\n"), 0);
         assert_eq!(flow_depth("a: \"x\\\"[\"\n"), 0);
-        assert_eq!(flow_depth("a: b#[c\n"), 1, "a # inside a word is not a comment");
+        assert_eq!(
+            flow_depth("a: b#[c\n"),
+            1,
+            "a # inside a word is not a comment"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::etcd::Etcd;
-use crate::grace::{judge_resync, Grace, Known};
+use crate::grace::{judge_batch, judge_resync, Grace, GraceReason, Known};
 use crate::key;
 use crate::record::{InstanceRecord, MAX_RECORD_BYTES};
 use crate::snapshot;
@@ -394,16 +394,7 @@ impl Watcher {
         };
         let served = self.served();
         match judge_resync(known, live.len(), snapshot.revision, snapshot.cluster_id) {
-            Some(reason) if !served.is_empty() => {
-                let until = match &self.grace {
-                    // A second loss during a grace period does not extend it.
-                    Some(g) => g.until,
-                    None => Instant::now() + self.options.grace_period,
-                };
-                let grace = Grace::start(reason, until, &served, &live);
-                tracing::warn!(service = %self.service, reason = %grace.reason, held = grace.held.len(), listed = live.len(), period = ?until.saturating_duration_since(Instant::now()), "registry lost instances on resync; serving the last known ones while it refills");
-                self.grace = Some(grace);
-            }
+            Some(reason) if !served.is_empty() => self.start_grace(reason, &served, &live),
             _ => {
                 if let Some(g) = &mut self.grace {
                     g.keep_missing(&live);
@@ -416,6 +407,21 @@ impl Watcher {
         self.end_grace_if_over();
         self.publish(true);
         Ok(())
+    }
+
+    /// Holds what was `served` and etcd (`live`) lacks, for the grace period (a second loss
+    /// during one does not extend it).
+    fn start_grace(&mut self, reason: GraceReason, served: &Instances, live: &Instances) {
+        if self.options.grace_period.is_zero() {
+            return;
+        }
+        let until = match &self.grace {
+            Some(g) => g.until,
+            None => Instant::now() + self.options.grace_period,
+        };
+        let grace = Grace::start(reason, until, served, live);
+        tracing::warn!(service = %self.service, reason = %grace.reason, held = grace.held.len(), listed = live.len(), period = ?until.saturating_duration_since(Instant::now()), "registry lost instances; serving the last known ones while it refills");
+        self.grace = Some(grace);
     }
 
     fn warn_skipped(&mut self, key: &[u8], mod_revision: i64, reason: &str) {
@@ -507,7 +513,7 @@ impl Watcher {
             tokio::select! {
                 message = stream.message() => {
                     silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
-                    let mut batch = Batch::default();
+                    let mut batch = Batch { served: self.served(), ..Batch::default() };
                     let mut next = Some(message);
                     // Everything already waiting is applied together and published once.
                     while let Some(message) = next.take() {
@@ -527,7 +533,9 @@ impl Watcher {
                             Err(Resync::Compacted) => return Ended::Compacted,
                             Err(Resync::Failed) => return failed(established),
                         }
-                        next = stream.message().now_or_never();
+                        if batch.events < MAX_BATCH_EVENTS {
+                            next = stream.message().now_or_never();
+                        }
                     }
                     established |= batch.beyond_creation;
                     self.publish_batch(batch);
@@ -583,11 +591,15 @@ impl Watcher {
                 // after creating it must not reset the backoff (a reconnect storm of full
                 // gets). A later message (progress, event) does.
                 batch.beyond_creation |= !created;
+                batch.events += changes.len();
                 for change in changes {
                     if let Some(g) = &mut self.grace {
                         batch.changed |= g.settled(change.id());
                     }
-                    batch.changed |= apply(&mut self.live, change);
+                    let removal = matches!(change, Change::Remove { .. });
+                    let applied = apply(&mut self.live, change);
+                    batch.removed += usize::from(removal && applied);
+                    batch.changed |= applied;
                 }
                 self.revision = revision;
                 Ok(())
@@ -625,6 +637,10 @@ impl Watcher {
 
     /// Publishes what a batch of watch messages changed, or only the confirmation.
     fn publish_batch(&mut self, batch: Batch) {
+        if let Some(reason) = judge_batch(batch.served.len(), batch.removed, self.served_count()) {
+            let live = self.live.clone();
+            self.start_grace(reason, &batch.served, &live);
+        }
         let ended = self.end_grace_if_over();
         let was_connected = self.sender.borrow().as_ref().is_some_and(|v| v.connected);
         if !was_connected {
@@ -645,9 +661,17 @@ impl Watcher {
     }
 }
 
+/// Events applied together at most before they are published (and the task yields).
+const MAX_BATCH_EVENTS: usize = 2048;
+
 /// What the watch messages applied together did.
 #[derive(Default)]
 struct Batch {
+    /// What was served before them.
+    served: Instances,
+    events: usize,
+    /// Instances they removed.
+    removed: usize,
     changed: bool,
     beyond_creation: bool,
 }

@@ -8,7 +8,9 @@
 //! consumer's backend set until then; that is the outage static stability exists to prevent.
 //!
 //! So a resync starts a grace period when it would empty a service that had instances,
-//! when etcd's revision went backwards, or when the cluster id changed. During it the
+//! when etcd's revision went backwards, or when the cluster id changed; and so does a batch
+//! of watch events that removes every instance at once (several leases expiring together
+//! after etcd was stopped longer than their TTL). A single delete is believed at once. During it the
 //! instances known before that are missing from etcd are *held*: served alongside what
 //! etcd lists. A held instance leaves as soon as etcd lists it again (the registry refilled;
 //! etcd's record wins) or when etcd deletes it with an event (an individual delete applies at
@@ -27,6 +29,8 @@ pub enum GraceReason {
     RevisionWentBack { from: i64, to: i64 },
     /// Another cluster answers (its cluster id differs).
     ClusterChanged { from: u64, to: u64 },
+    /// Watch events arriving together removed every instance.
+    AllRemovedAtOnce { removed: usize },
 }
 
 impl std::fmt::Display for GraceReason {
@@ -40,6 +44,9 @@ impl std::fmt::Display for GraceReason {
             }
             GraceReason::ClusterChanged { from, to } => {
                 write!(f, "etcd's cluster id changed from {from:x} to {to:x}")
+            }
+            GraceReason::AllRemovedAtOnce { removed } => {
+                write!(f, "{removed} instances, all there were, removed at once")
             }
         }
     }
@@ -85,6 +92,12 @@ pub fn judge_resync(
         });
     }
     None
+}
+
+/// Whether watch events applied together start a grace period: they removed `removed`
+/// instances, several, and left none of the `served` before them.
+pub fn judge_batch(served: usize, removed: usize, left: usize) -> Option<GraceReason> {
+    (served > 0 && left == 0 && removed >= 2).then_some(GraceReason::AllRemovedAtOnce { removed })
 }
 
 /// A grace period in progress.
@@ -207,6 +220,17 @@ mod tests {
             ..KNOWN
         };
         assert_eq!(judge_resync(empty_before, 0, 60, 7), None);
+    }
+
+    #[test]
+    fn only_several_removals_that_empty_a_service_start_a_grace_period() {
+        assert_eq!(
+            judge_batch(3, 3, 0),
+            Some(GraceReason::AllRemovedAtOnce { removed: 3 })
+        );
+        assert_eq!(judge_batch(1, 1, 0), None, "a single delete is believed");
+        assert_eq!(judge_batch(3, 2, 1), None, "an instance is left");
+        assert_eq!(judge_batch(0, 2, 0), None);
     }
 
     #[test]

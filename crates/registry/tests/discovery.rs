@@ -384,3 +384,26 @@ async fn discovery_moves_to_another_member_when_its_member_is_killed() {
     put_in(&cluster, "c", 1003);
     wait_ids(&d, &["a", "b", "c"]).await;
 }
+
+#[tokio::test]
+async fn instances_removed_all_at_once_are_held_but_one_delete_is_believed() {
+    let etcd = EtcdServer::start().await;
+    for (id, port) in [("a", 1001), ("b", 1002), ("c", 1003)] {
+        put(&etcd, "web", id, port);
+    }
+    let grace = Duration::from_secs(2);
+    let d = start_with_grace(etcd_handle(etcd.endpoint()), "web", grace);
+    wait_ids(&d, &["a", "b", "c"]).await;
+    etcd.etcdctl(&["del", "/smartstack/services/web/c"]);
+    wait_ids(&d, &["a", "b"]).await;
+    // Every remaining lease expiring together: one transaction deleting both.
+    etcd.etcdctl(&["del", "--prefix", "/smartstack/services/web/"]);
+    wait_until("the mass removal is held", DEADLINE, || async {
+        view(&d).is_some_and(|v| v.grace.as_ref().is_some_and(|g| g.held == 2))
+    })
+    .await;
+    assert_eq!(ids(&d), set(&["a", "b"]));
+    put(&etcd, "web", "a", 1001);
+    wait_ids(&d, &["a"]).await;
+    assert!(view(&d).is_some_and(|v| v.grace.is_none()));
+}

@@ -213,7 +213,10 @@ async fn a_deeply_nested_reload_is_refused_and_does_not_delay_sigterm() {
         synapse.output().contains("nested 40000 levels deep")
     })
     .await;
-    assert!(refused < Duration::from_secs(1), "refusing took {refused:?}");
+    assert!(
+        refused < Duration::from_secs(1),
+        "refusing took {refused:?}"
+    );
     // Again, with the SIGTERM right behind the SIGHUP.
     synapse.signal(Signal::SIGHUP);
     let started = Instant::now();

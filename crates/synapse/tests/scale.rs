@@ -90,7 +90,10 @@ async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resync
         vec![
             (format!("{PREFIX}/web/huge-host"), huge_host),
             (format!("{PREFIX}/web/long-host"), long_host),
-            (format!("{PREFIX}/web/evil\nlevel=ERROR forged=1"), valid.clone()),
+            (
+                format!("{PREFIX}/web/evil\nlevel=ERROR forged=1"),
+                valid.clone(),
+            ),
             (format!("{PREFIX}/web/has space"), valid),
         ],
     )
@@ -100,11 +103,18 @@ async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resync
     let link = Link::start(etcd.client_addr()).await;
     let admin = free_port();
     let started = Instant::now();
-    let mut synapse = spawn(dir.path(), &link.http_endpoint(), &[("web", free_port())], admin);
+    let mut synapse = spawn(
+        dir.path(),
+        &link.http_endpoint(),
+        &[("web", free_port())],
+        admin,
+    );
     let admin = admin_addr(admin);
-    wait_until("synapse routes to the 10,000 instances", DEADLINE, || async {
-        routed_ids(admin, "web").await.len() == 10_000
-    })
+    wait_until(
+        "synapse routes to the 10,000 instances",
+        DEADLINE,
+        || async { routed_ids(admin, "web").await.len() == 10_000 },
+    )
     .await;
     let took = started.elapsed();
     println!("10,000 instances routable {took:?} after synapse started");
@@ -124,7 +134,11 @@ async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resync
             .all(|l| l.contains("skipping registration") && l.contains("evil\\nlevel")),
         "a key forged a log line:\n{log}"
     );
-    for junk in ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", &"h".repeat(200), &"g".repeat(200)] {
+    for junk in [
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        &"h".repeat(200),
+        &"g".repeat(200),
+    ] {
         assert!(!log.contains(junk), "a skipped value was printed");
     }
     assert!(log.len() < 64 * 1024, "{} bytes of log", log.len());
@@ -139,20 +153,33 @@ async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resync
     })
     .await;
     etcd.etcdctl(&["del", &format!("{PREFIX}/web/i00007")]);
-    etcd.etcdctl(&["put", &format!("{PREFIX}/web/late"), r#"{"host":"127.0.0.1","port":81}"#]);
+    etcd.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/web/late"),
+        r#"{"host":"127.0.0.1","port":81}"#,
+    ]);
     etcd.restart().await;
     link.heal();
-    wait_until("the resync drops i00007 and adds late", DEADLINE, || async {
-        let ids = routed_ids(admin, "web").await;
-        ids.len() == 10_000 && !ids.iter().any(|i| i == "i00007") && ids.iter().any(|i| i == "late")
-    })
+    wait_until(
+        "the resync drops i00007 and adds late",
+        DEADLINE,
+        || async {
+            let ids = routed_ids(admin, "web").await;
+            ids.len() == 10_000
+                && !ids.iter().any(|i| i == "i00007")
+                && ids.iter().any(|i| i == "late")
+        },
+    )
     .await;
     assert!(synapse.is_running());
 }
 
 /// Opens connections to `addr` one after another until `stop`, each read to its greeting;
 /// returns the slowest and the failures.
-async fn load_until(addr: SocketAddr, stop: tokio_util::sync::CancellationToken) -> (Duration, usize, usize) {
+async fn load_until(
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Duration, usize, usize) {
     let (mut slowest, mut failed, mut made) = (Duration::ZERO, 0, 0);
     while !stop.is_cancelled() {
         let start = Instant::now();
@@ -192,9 +219,11 @@ async fn a_burst_of_registrations_does_not_slow_another_service() {
     put_all(&etcd.endpoint(), records("web", 5_000, 20_000)).await;
     register(&etcd, "web", "next", next.port());
     let registered = Instant::now();
-    wait_until("the registration after the burst is routable", DEADLINE, || async {
-        routed_ids(admin, "web").await.iter().any(|i| i == "next")
-    })
+    wait_until(
+        "the registration after the burst is routable",
+        DEADLINE,
+        || async { routed_ids(admin, "web").await.iter().any(|i| i == "next") },
+    )
     .await;
     let routable = registered.elapsed();
     assert_eq!(routed_ids(admin, "web").await.len(), 5_002);
