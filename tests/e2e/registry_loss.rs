@@ -1,0 +1,225 @@
+//! The registry lost under load, with the real `nerve` and `synapse` binaries: an etcd
+//! rebuilt from an empty data dir, and an etcd stopped longer than the lease TTL (every
+//! lease expires at once when it resumes). Apps keep being served while the nerves register
+//! again: synapse holds the instances it knew for its grace period instead of believing an
+//! empty registry. Each test prints the requests made and failed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use testkit::backend::greeting;
+use testkit::process::workspace_bin;
+use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn spawn(bin: &str, dir: &Path, config: &str) -> ChildProcess {
+    let path = dir.join(format!("{bin}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    ChildProcess::spawn_logged(bin, cmd, &dir.join(format!("{bin}.log")))
+}
+
+fn nerve_config(endpoint: &str, backends: &[(&str, u16)], ttl: &str) -> String {
+    let mut s = format!(
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\nlease_ttl: {ttl}\nservices:\n"
+    );
+    for (id, port) in backends {
+        s += &format!(
+            "  - name: web\n    host: 127.0.0.1\n    port: {port}\n    instance_id: {id}\n    check_interval: 200ms\n    rise: 1\n    fall: 2\n    checks:\n      - type: tcp\n"
+        );
+    }
+    s
+}
+
+fn synapse_config(endpoint: &str, listen: SocketAddr) -> String {
+    format!(
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nservices:\n  - name: web\n    listen: {listen}\n    connect_timeout: 300ms\n"
+    )
+}
+
+fn registered(etcd: &EtcdServer) -> BTreeSet<String> {
+    etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "/smartstack/services/web/",
+        "--keys-only",
+    ])
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| l.trim_start_matches("/smartstack/services/web/").to_owned())
+    .collect()
+}
+
+fn all_three() -> BTreeSet<String> {
+    ["web-a", "web-b", "web-c"].map(str::to_owned).into()
+}
+
+/// A client opening a new connection per request until stopped.
+struct Load {
+    made: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let (made, failed, stop) = (made.clone(), failed.clone(), stop.clone());
+            async move {
+                let mut errors = Vec::new();
+                while !stop.is_cancelled() {
+                    if let Err(e) = greeting(addr, Duration::from_secs(5)).await {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(e);
+                    }
+                    made.fetch_add(1, Ordering::Relaxed);
+                }
+                errors
+            }
+        });
+        Load {
+            made,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until `n` more requests were made.
+    async fn run_for(&self, n: usize) {
+        let until = self.made.load(Ordering::Relaxed) + n;
+        wait_until(&format!("{n} more requests"), DEADLINE, || async {
+            self.made.load(Ordering::Relaxed) >= until
+        })
+        .await;
+    }
+
+    async fn finish(self, what: &str) {
+        self.stop.cancel();
+        let errors = self.task.await.unwrap();
+        let (made, failed) = (
+            self.made.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        println!("{what}: {made} requests made, {failed} failed");
+        let first: Vec<&String> = errors.iter().take(3).collect();
+        assert!(
+            errors.is_empty(),
+            "{failed} of {made} failed, first: {first:?}"
+        );
+    }
+}
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    etcd: EtcdServer,
+    _backends: Vec<Backend>,
+    nerve: ChildProcess,
+    synapse: ChildProcess,
+    listen: SocketAddr,
+}
+
+async fn start_mesh(ttl: &str) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await;
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(Backend::start(name).await);
+    }
+    let ids: Vec<(String, u16)> = backends
+        .iter()
+        .map(|b| (format!("web-{}", b.name()), b.port()))
+        .collect();
+    let ids: Vec<(&str, u16)> = ids.iter().map(|(i, p)| (i.as_str(), *p)).collect();
+    let nerve = spawn(
+        "nerve",
+        dir.path(),
+        &nerve_config(&etcd.endpoint(), &ids, ttl),
+    );
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let synapse = spawn(
+        "synapse",
+        dir.path(),
+        &synapse_config(&etcd.endpoint(), listen),
+    );
+    wait_until("three instances are registered", DEADLINE, || async {
+        registered(&etcd) == all_three()
+    })
+    .await;
+    wait_until("synapse routes to all three", DEADLINE, || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            if let Ok(name) = greeting(listen, Duration::from_secs(2)).await {
+                seen.insert(name);
+            }
+        }
+        seen.len() == 3
+    })
+    .await;
+    Mesh {
+        _dir: dir,
+        etcd,
+        _backends: backends,
+        nerve,
+        synapse,
+        listen,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_rebuilt_empty_under_load_fails_no_request() {
+    let mut mesh = start_mesh("3s").await;
+    let load = Load::start(mesh.listen);
+    load.run_for(50).await;
+    mesh.etcd.restart_empty().await;
+    wait_until("the nerve registers everything again", DEADLINE, || async {
+        registered(&mesh.etcd) == all_three()
+    })
+    .await;
+    load.run_for(50).await;
+    load.finish("etcd rebuilt empty").await;
+    assert!(
+        mesh.synapse.output().contains("registry lost instances"),
+        "synapse did not hold the instances"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lease_expiring_at_once_fails_no_request() {
+    let mesh = start_mesh("2s").await;
+    let load = Load::start(mesh.listen);
+    load.run_for(50).await;
+    // etcd stopped for longer than the TTL: on resume it expires the leases together. The
+    // nerve is stopped too until that has happened, so that its keepalives (queued while
+    // etcd was stopped) cannot renew the lease first and the expiry is certain.
+    mesh.etcd.pause();
+    mesh.nerve.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    mesh.etcd.resume();
+    wait_until("etcd expired every registration", DEADLINE, || async {
+        registered(&mesh.etcd).is_empty()
+    })
+    .await;
+    mesh.nerve.signal(Signal::SIGCONT);
+    wait_until("the nerve registers everything again", DEADLINE, || async {
+        registered(&mesh.etcd) == all_three()
+    })
+    .await;
+    load.run_for(100).await;
+    load.finish("leases expired at once").await;
+    assert!(
+        mesh.synapse.output().contains("registry lost instances"),
+        "synapse did not hold the instances"
+    );
+}
