@@ -126,7 +126,7 @@ struct Mesh {
     etcd: EtcdServer,
     _backends: Vec<Backend>,
     nerve: ChildProcess,
-    synapse: ChildProcess,
+    _synapse: ChildProcess,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -192,7 +192,7 @@ async fn start_mesh(ttl: &str) -> Mesh {
         etcd,
         _backends: backends,
         nerve,
-        synapse,
+        _synapse: synapse,
         listen,
         admin,
     }
