@@ -162,13 +162,14 @@ impl CacheWriter {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    /// The file to write. Cheap: the instance maps are shared, not copied; serialising
+    /// them (megabytes for a large service) is left to the blocking pool.
+    fn snapshot(&self) -> CacheFile {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let file = CacheFile {
+        CacheFile {
             version: VERSION,
             services: state.clone(),
-        };
-        serde_json::to_vec_pretty(&file).unwrap_or_default()
+        }
     }
 
     async fn run(writer: std::sync::Weak<Self>) {
@@ -192,9 +193,10 @@ impl CacheWriter {
                 drop(w);
                 continue;
             }
-            let bytes = w.snapshot();
+            let file = w.snapshot();
             let path = w.path.clone();
             match tokio::task::spawn_blocking(move || {
+                let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
                 write_atomic(&path, &bytes).map_err(|e| (path, e))
             })
             .await
