@@ -6,26 +6,15 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use testkit::backend::greeting;
-use testkit::process::workspace_bin;
 use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn spawn(bin: &str, dir: &Path, config: &str) -> ChildProcess {
-    let path = dir.join(format!("{bin}.yaml"));
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(workspace_bin(bin));
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    ChildProcess::spawn_logged(bin, cmd, &dir.join(format!("{bin}.log")))
-}
 
 fn nerve_config(endpoint: &str, backends: &[(&str, u16)], ttl: &str) -> String {
     let mut s = format!(
@@ -131,6 +120,33 @@ struct Mesh {
     admin: SocketAddr,
 }
 
+impl Mesh {
+    /// Waits until synapse's grace period holds `n` instances.
+    async fn wait_held(&self, n: u64) {
+        wait_until(
+            &format!("synapse holds {n} instances etcd lost"),
+            DEADLINE,
+            || async { held(self.admin).await == n },
+        )
+        .await;
+    }
+
+    /// Lets the stopped nerve register again; waits until synapse's grace period is over.
+    async fn release_nerve_and_refill(&self) {
+        self.nerve.signal(Signal::SIGCONT);
+        wait_until("the nerve registers everything again", DEADLINE, || async {
+            registered(&self.etcd) == all_three()
+        })
+        .await;
+        wait_until(
+            "the grace period ends as the registry refills",
+            DEADLINE,
+            || async { held(self.admin).await == 0 },
+        )
+        .await;
+    }
+}
+
 /// How many instances synapse's `/status` says a grace period holds for `web` (0: none).
 async fn held(admin: SocketAddr) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,14 +177,14 @@ async fn start_mesh(ttl: &str) -> Mesh {
         .map(|b| (format!("web-{}", b.name()), b.port()))
         .collect();
     let ids: Vec<(&str, u16)> = ids.iter().map(|(i, p)| (i.as_str(), *p)).collect();
-    let nerve = spawn(
+    let nerve = ChildProcess::spawn_configured(
         "nerve",
         dir.path(),
         &nerve_config(&etcd.endpoint(), &ids, ttl),
     );
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let synapse = spawn(
+    let synapse = ChildProcess::spawn_configured(
         "synapse",
         dir.path(),
         &synapse_config(&etcd.endpoint(), listen, admin),
@@ -207,24 +223,9 @@ async fn an_etcd_rebuilt_empty_under_load_fails_no_request() {
     // tested is synapse's answer to it, not a race with the re-registration.
     mesh.nerve.signal(Signal::SIGSTOP);
     mesh.etcd.restart_empty().await;
-    wait_until(
-        "synapse holds the three instances etcd lost",
-        DEADLINE,
-        || async { held(mesh.admin).await == 3 },
-    )
-    .await;
+    mesh.wait_held(3).await;
     load.run_for(50).await;
-    mesh.nerve.signal(Signal::SIGCONT);
-    wait_until("the nerve registers everything again", DEADLINE, || async {
-        registered(&mesh.etcd) == all_three()
-    })
-    .await;
-    wait_until(
-        "the grace period ends as the registry refills",
-        DEADLINE,
-        || async { held(mesh.admin).await == 0 },
-    )
-    .await;
+    mesh.release_nerve_and_refill().await;
     load.run_for(50).await;
     load.finish("etcd rebuilt empty").await;
 }
@@ -245,23 +246,8 @@ async fn every_lease_expiring_at_once_fails_no_request() {
         registered(&mesh.etcd).is_empty()
     })
     .await;
-    wait_until(
-        "synapse holds the three instances etcd lost",
-        DEADLINE,
-        || async { held(mesh.admin).await == 3 },
-    )
-    .await;
-    mesh.nerve.signal(Signal::SIGCONT);
-    wait_until("the nerve registers everything again", DEADLINE, || async {
-        registered(&mesh.etcd) == all_three()
-    })
-    .await;
-    wait_until(
-        "the grace period ends as the registry refills",
-        DEADLINE,
-        || async { held(mesh.admin).await == 0 },
-    )
-    .await;
+    mesh.wait_held(3).await;
+    mesh.release_nerve_and_refill().await;
     load.run_for(100).await;
     load.finish("leases expired at once").await;
 }

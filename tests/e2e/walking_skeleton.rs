@@ -18,11 +18,7 @@ const FALL: u64 = 2;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn spawn(bin: &str, dir: &Path, config: &str) -> ChildProcess {
-    let path = dir.join(format!("{bin}.yaml"));
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(workspace_bin(bin));
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    ChildProcess::spawn_logged(bin, cmd, &dir.join(format!("{bin}.log")))
+    ChildProcess::spawn_configured(bin, dir, config)
 }
 
 fn nerve_config(endpoint: &str, backends: &[(&str, u16)]) -> String {
