@@ -227,3 +227,50 @@ async fn a_check_flapping_below_rise_logs_its_failure_once_per_reason() {
     let status = nerve.wait_exit(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", nerve.output());
 }
+
+/// A SIGHUP whose file takes seconds to parse (YAML parse time grows with the square of the
+/// nesting) must not hold a SIGTERM behind it: nerve exits within 2 s and has deregistered.
+/// With this config a SIGTERM is documented to take at most request_timeout + dial_timeout
+/// (1.3 s) when etcd cannot be reached; etcd is up here, so 2 s leaves a margin for a slow,
+/// shared machine.
+#[tokio::test]
+async fn sigterm_during_a_slow_sighup_parse_exits_promptly_and_deregisters() {
+    let etcd = EtcdServer::start().await;
+    let backend = Backend::start("web").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nerve = spawn(
+        &dir,
+        &yaml(&endpoints, "", &tcp_service("web", "a", backend.port())),
+    );
+    wait_registered(&c, &key("web", "a")).await;
+    // 60,000 nested `[`: about 8 s to parse in a debug build on this kind of machine.
+    let deep = format!(
+        "{}\nextra: {}",
+        yaml(&endpoints, "", &tcp_service("web", "a", backend.port())),
+        "[".repeat(60_000)
+    );
+    std::fs::write(dir.path().join("nerve.yaml"), deep).unwrap();
+    nerve.signal(Signal::SIGHUP);
+    testkit::wait_until("the reload started", Duration::from_secs(5), || async {
+        nerve.output().contains("SIGHUP: reloading")
+    })
+    .await;
+    nerve.signal(Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    let status = nerve.wait_exit(Duration::from_secs(30)).await;
+    let took = start.elapsed();
+    eprintln!("measured: exit {took:?} after SIGTERM during a slow reload parse");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        nerve.output()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?}\n{}",
+        nerve.output()
+    );
+    assert!(keys(&c).await.is_empty(), "{}", nerve.output());
+}
