@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use testkit::{Backend, ChildProcess, EtcdServer};
+use testkit::{Backend, ChildProcess, EtcdServer, Link};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nerve");
 
@@ -273,4 +273,46 @@ async fn sigterm_during_a_slow_sighup_parse_exits_promptly_and_deregisters() {
         nerve.output()
     );
     assert!(keys(&c).await.is_empty(), "{}", nerve.output());
+}
+
+/// SIGTERM while etcd is partitioned away (connections accepted, nothing answered): the
+/// revoke is documented to be given up after request_timeout + dial_timeout (1.3 s with
+/// this config), so nerve must exit within that plus a 0.5 s margin (start-up of the
+/// signal handling, stopping the checks, process exit on a shared machine). The SIGTERM
+/// lands while a keepalive is in flight, which used to hold the exit for its own timeout.
+#[tokio::test]
+async fn sigterm_while_etcd_is_partitioned_exits_within_the_documented_bound() {
+    let etcd = EtcdServer::start().await;
+    let link = Link::start(etcd.client_addr()).await;
+    let backend = Backend::start("web").await;
+    let c = client(&[etcd.endpoint()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nerve = spawn(
+        &dir,
+        &yaml(
+            &[link.http_endpoint()],
+            "",
+            &tcp_service("web", "a", backend.port()),
+        ),
+    );
+    wait_registered(&c, &key("web", "a")).await;
+    link.cut();
+    testkit::wait_until(
+        "nerve notices the partition",
+        Duration::from_secs(10),
+        || async { nerve.output().contains("lease keepalive failing") },
+    )
+    .await;
+    nerve.signal(Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    let status = nerve.wait_exit(Duration::from_secs(30)).await;
+    let took = start.elapsed();
+    eprintln!("measured: exit {took:?} after SIGTERM with etcd partitioned away");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        nerve.output()
+    );
+    let bound = Duration::from_millis(1300 + 500);
+    assert!(took < bound, "took {took:?}\n{}", nerve.output());
 }

@@ -32,7 +32,6 @@ pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
 /// The owner's side: keeps the lease alive until [`Lease::revoke`] or drop.
 pub struct Lease {
     handle: LeaseHandle,
-    stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     etcd: Etcd,
 }
@@ -69,7 +68,6 @@ impl Lease {
     pub fn start(etcd: Etcd, ttl: Duration) -> Lease {
         let (current_tx, current_rx) = watch::channel(None);
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
         let ttl_secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let keeper = Keeper {
             etcd: etcd.clone(),
@@ -77,7 +75,6 @@ impl Lease {
             ttl_secs,
             current: current_tx,
             lost: lost_rx,
-            stop: stop_rx,
         };
         let task = tokio::spawn(keeper.run());
         Lease {
@@ -85,7 +82,6 @@ impl Lease {
                 current: current_rx,
                 lost: lost_tx,
             },
-            stop: stop_tx,
             task: Some(task),
             etcd,
         }
@@ -107,8 +103,11 @@ impl Lease {
     /// it in one request. Gives up after `deadline` (the keys then expire with the TTL).
     /// Returns the revoked lease id, or `None` if there was none or the revoke failed.
     pub async fn revoke(mut self, deadline: Duration) -> Option<i64> {
-        let _ = self.stop.send(true);
+        // Aborted, not asked to stop: while etcd is unreachable the keeper may be inside a
+        // request (a keepalive in flight, a connect) that would hold the stop for its own
+        // timeout, on top of `deadline`. Dropping a request mid-way harms nothing.
         if let Some(task) = self.task.take() {
+            task.abort();
             let _ = task.await;
         }
         let id = self.handle.current()?;
@@ -159,12 +158,10 @@ struct Keeper {
     ttl_secs: i64,
     current: watch::Sender<Option<i64>>,
     lost: mpsc::UnboundedReceiver<i64>,
-    stop: watch::Receiver<bool>,
 }
 
-/// Why keeping a lease ended.
+/// Why keeping a lease ended (the keeper is aborted to stop it).
 enum End {
-    Stopped,
     Lost(String),
 }
 
@@ -173,36 +170,32 @@ impl Keeper {
         let mut backoff = Backoff::default().start();
         loop {
             let ttl_secs = self.ttl_secs;
-            let granted = tokio::select! {
-                r = self.etcd.retry("lease grant", |mut c| async move { c.lease_grant(ttl_secs, None).await }) => r,
-                _ = self.stop.wait_for(|s| *s) => return,
-            };
+            let granted = self
+                .etcd
+                .retry("lease grant", |mut c| async move {
+                    c.lease_grant(ttl_secs, None).await
+                })
+                .await;
             let id = match granted {
                 Ok(resp) => resp.id(),
                 Err(e) => {
                     // Not transient (e.g. permission denied): etcd answered but refused. Keep
                     // trying slowly; an operator may fix the role while we run.
                     tracing::error!(error = %e, "etcd refused to grant a lease");
-                    tokio::select! {
-                        _ = backoff.wait() => continue,
-                        _ = self.stop.wait_for(|s| *s) => return,
-                    }
+                    backoff.wait().await;
+                    continue;
                 }
             };
             backoff.reset();
             tracing::info!(lease = id, ttl = ?self.ttl, "lease granted");
             self.current.send_replace(Some(id));
-            match self.keep(id).await {
-                End::Stopped => return,
-                End::Lost(why) => {
-                    tracing::warn!(lease = id, reason = %why, "lease lost; granting a new one");
-                    self.current.send_replace(None);
-                }
-            }
+            let End::Lost(why) = self.keep(id).await;
+            tracing::warn!(lease = id, reason = %why, "lease lost; granting a new one");
+            self.current.send_replace(None);
         }
     }
 
-    /// Keeps lease `id` alive until it is lost or we are stopped. The stream is reopened (on
+    /// Keeps lease `id` alive until it is lost. The stream is reopened (on
     /// the next member) whenever it breaks; the lease only counts as lost when etcd says so
     /// or when a whole TTL passed without a successful keepalive.
     async fn keep(&mut self, id: i64) -> End {
@@ -266,7 +259,6 @@ impl Keeper {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = self.stop.wait_for(|s| *s) => return End::Stopped,
                     Some(reported) = self.lost.recv() => {
                         if reported == id {
                             return End::Lost("a write said the lease is not found".into());
@@ -303,11 +295,10 @@ impl Keeper {
         }
     }
 
-    /// Waits a backoff step; `Some` if we must stop or the lease is reported lost meanwhile.
+    /// Waits a backoff step; `Some` if the lease is reported lost meanwhile.
     async fn pause(&mut self, backoff: &mut crate::backoff::BackoffState, id: i64) -> Option<End> {
         tokio::select! {
             _ = backoff.wait() => None,
-            _ = self.stop.wait_for(|s| *s) => Some(End::Stopped),
             Some(reported) = self.lost.recv() => (reported == id).then(|| End::Lost("a write said the lease is not found".into())),
         }
     }
