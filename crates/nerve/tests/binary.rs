@@ -1,4 +1,5 @@
-//! The real `nerve` binary: `--check-config`, SIGTERM/SIGINT deregistration, SIGHUP reload.
+//! The real `nerve` binary: `--check-config`, SIGTERM/SIGINT deregistration (also with etcd
+//! partitioned away, and during a slow SIGHUP parse), and what an etcd outage leaves behind.
 
 mod common;
 
