@@ -2,11 +2,12 @@
 //! and turns signals into its operations (SIGHUP: reload; SIGTERM/SIGINT: deregister and exit).
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 
 /// Health-checks local service instances and registers the healthy ones in etcd.
 #[derive(Parser)]
@@ -58,12 +59,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.config, config)) {
+    let outcome = runtime.block_on(run(cli.config, config));
+    // A reload still parsing a huge file on the blocking pool must not hold the exit: the
+    // default drop of the runtime would wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A configuration load running on the blocking pool.
+type Loading = JoinHandle<Result<nerve::NerveConfig, registry::ConfigError>>;
+
+/// Reads and validates `path` off the async threads: YAML parse time grows with the
+/// square of the nesting, and the signal loop must keep answering SIGTERM meanwhile.
+fn start_load(path: &Path) -> Loading {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || nerve::config::load(&path))
+}
+
+/// The outcome of the load in progress; never completes when there is none.
+async fn loaded(
+    loading: &mut Option<Loading>,
+) -> Result<Result<nerve::NerveConfig, registry::ConfigError>, tokio::task::JoinError> {
+    match loading {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -75,16 +100,33 @@ async fn run(path: PathBuf, config: nerve::NerveConfig) -> Result<(), String> {
     let mut nerve = nerve::Nerve::start(config)
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
+    let mut loading: Option<Loading> = None;
+    // A SIGHUP during a load: the file may have changed after it was read, so read it again.
+    let mut reload_again = false;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: deregistering and exiting"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: deregistering and exiting"); break; }
             _ = hup.recv() => {
-                tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-                match nerve::config::load(&path) {
+                if loading.is_some() {
+                    reload_again = true;
+                    tracing::info!("SIGHUP while reading the configuration: reading it again afterwards");
+                } else {
+                    tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                    loading = Some(start_load(&path));
+                }
+            }
+            result = loaded(&mut loading) => {
+                loading = None;
+                match result {
                     // A rejected reload has logged why and changed nothing.
-                    Ok(new) => { let _ = nerve.reload(new).await; }
-                    Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
+                    Ok(Ok(new)) => { let _ = nerve.reload(new).await; }
+                    Ok(Err(e)) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
+                    Err(e) => tracing::error!("reload rejected, keeping the running configuration: loading failed: {e}"),
+                }
+                if std::mem::take(&mut reload_again) {
+                    tracing::info!(file = %path.display(), "reloading the configuration again");
+                    loading = Some(start_load(&path));
                 }
             }
         }

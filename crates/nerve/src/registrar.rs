@@ -4,12 +4,17 @@
 //! ([`registry::lease`]) and a reconcile timer. It remembers what it wrote (key, value, lease)
 //! and writes only differences, so an unchanged registration is never re-written and its
 //! `mod_revision` stays. When the lease changes (lost and re-granted), everything wanted is
-//! put again under the new one. Every `reconcile_interval` each wanted key is read back; a
-//! key that is missing, holds another value or another lease is put again.
+//! put again under the new one, and what was written under the old one but is no longer
+//! wanted is deleted explicitly (a restarted etcd renews old leases), also while there is no
+//! lease yet. Once everything is under the new lease it says so ([`LeaseHandle::settled`]),
+//! so the old lease can be revoked without taking live keys along. Every
+//! `reconcile_interval` each wanted key is read back; a key that is missing, holds another
+//! value or another lease is put again.
 //!
 //! Requests go through [`Etcd::retry`] (backoff, member rotation, transition logging) and
 //! are abandoned as soon as the wanted set or the lease changes, so a long outage never
-//! leaves a stale write queued in front of a newer one.
+//! leaves a stale write queued in front of a newer one, and when the lease keeper gets
+//! through to etcd again, so none waits out a backoff step grown during the outage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,8 +44,21 @@ pub struct Registrar {
     /// Read at every reschedule, so a reload's new interval applies from the next tick on.
     reconcile_interval: watch::Receiver<Duration>,
     written: BTreeMap<String, Written>,
-    /// Keys that were registered under a lease that was then lost, for the log wording.
+    /// Keys written under a lease that was then given up. etcd may still hold them (a
+    /// restarted etcd gives old leases a fresh TTL), so one still wanted is put under the
+    /// new lease and one no longer wanted (an instance that died during the outage) is
+    /// deleted explicitly, not left to the old lease's expiry.
     orphaned: BTreeSet<String>,
+}
+
+/// What the registrar follows, and what cuts a request short.
+struct Inputs {
+    desired: watch::Receiver<Desired>,
+    lease: watch::Receiver<Option<i64>>,
+    /// Changes when etcd answers the lease keeper again after failing: a request waiting
+    /// out a long backoff step starts over at once.
+    reconnected: watch::Receiver<u64>,
+    stop: CancellationToken,
 }
 
 /// How one request ended.
@@ -48,7 +66,8 @@ enum Outcome<T> {
     Done(T),
     /// etcd answered with an error that retrying will not fix.
     Failed(etcd_client::Error),
-    /// The wanted set or the lease changed first; start over from the new state.
+    /// The wanted set or the lease changed first, or etcd answers again after an outage;
+    /// start over from the new state.
     Interrupted,
     Stopped,
 }
@@ -83,34 +102,29 @@ impl Registrar {
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut desired_rx = self.shared.subscribe_desired();
-        let mut lease_rx = self.lease.subscribe();
+        let mut inputs = Inputs {
+            desired: self.shared.subscribe_desired(),
+            lease: self.lease.subscribe(),
+            reconnected: self.lease.reconnected(),
+            stop,
+        };
         let mut next_reconcile = Instant::now() + self.interval();
         let mut reconcile_due = false;
         let mut backoff = registry::backoff::Backoff::default().start();
         loop {
-            let lease = *lease_rx.borrow_and_update();
-            let desired = desired_rx.borrow_and_update().clone();
+            let lease = *inputs.lease.borrow_and_update();
+            let desired = inputs.desired.borrow_and_update().clone();
             let result = match lease {
-                None => {
-                    // Without a lease nothing we wrote can be assumed to exist.
-                    self.forget_all();
-                    Ok(())
-                }
+                None => self.without_lease(&desired, &mut inputs).await,
                 Some(lease) => {
-                    let r = self
-                        .sync(
-                            lease,
-                            &desired,
-                            reconcile_due,
-                            &mut desired_rx,
-                            &mut lease_rx,
-                            &stop,
-                        )
-                        .await;
-                    if matches!(r, Ok(())) && reconcile_due {
-                        reconcile_due = false;
-                        next_reconcile = Instant::now() + self.interval();
+                    let r = self.sync(lease, &desired, reconcile_due, &mut inputs).await;
+                    if r.is_ok() {
+                        // Everything is under `lease` now: older leases may go.
+                        self.lease.settled(lease);
+                        if reconcile_due {
+                            reconcile_due = false;
+                            next_reconcile = Instant::now() + self.interval();
+                        }
                     }
                     r
                 }
@@ -127,24 +141,31 @@ impl Registrar {
             };
             tokio::select! {
                 // A closed channel disables its branch instead of spinning.
-                Ok(()) = desired_rx.changed() => {}
-                Ok(()) = lease_rx.changed() => {}
+                Ok(()) = inputs.desired.changed() => {}
+                Ok(()) = inputs.lease.changed() => {}
                 _ = tokio::time::sleep_until(next_reconcile) => reconcile_due = true,
                 _ = tokio::time::sleep(retry_in.unwrap_or(Duration::MAX / 4)), if retry_in.is_some() => {}
-                _ = stop.cancelled() => return,
+                _ = inputs.stop.cancelled() => return,
             }
         }
     }
 
-    /// The lease is gone and every key with it.
+    /// Without a lease nothing we wrote can be assumed to exist, nor assumed gone. A delete
+    /// needs no lease, so what is no longer wanted is deleted as soon as etcd answers,
+    /// whenever the new lease comes.
+    async fn without_lease(&mut self, desired: &Desired, inputs: &mut Inputs) -> Result<(), Stop> {
+        self.forget_all();
+        match self.delete_unwanted(desired, inputs).await? {
+            false => Ok(()),
+            true => Err(Stop::Failed),
+        }
+    }
+
+    /// The lease is gone, and every key with it unless etcd renews it (see `orphaned`).
     fn forget_all(&mut self) {
+        // Keys whose put had no answer yet may exist too.
         let written = std::mem::take(&mut self.written);
-        self.orphaned.extend(
-            written
-                .into_iter()
-                .filter(|(_, w)| w.value.is_some())
-                .map(|(k, _)| k),
-        );
+        self.orphaned.extend(written.into_keys());
     }
 
     fn publish(&self, lease: Option<i64>) {
@@ -164,11 +185,9 @@ impl Registrar {
         lease: i64,
         desired: &Desired,
         reconcile: bool,
-        desired_rx: &mut watch::Receiver<Desired>,
-        lease_rx: &mut watch::Receiver<Option<i64>>,
-        stop: &CancellationToken,
+        inputs: &mut Inputs,
     ) -> Result<(), Stop> {
-        // Keys written under an older lease went away with it (or will, when it expires).
+        // Keys written under an older lease went away with it, or will (see `orphaned`).
         let orphaned = &mut self.orphaned;
         self.written.retain(|k, w| {
             if w.lease != lease {
@@ -176,9 +195,27 @@ impl Registrar {
             }
             w.lease == lease
         });
-        self.orphaned.retain(|k| desired.contains_key(k));
-        let mut failed = false;
+        let mut failed = self.put_wanted(lease, desired, inputs).await?;
+        failed |= self.delete_unwanted(desired, inputs).await?;
+        if reconcile && !failed {
+            failed |= self.read_back(lease, desired, inputs).await?;
+        }
+        if failed {
+            Err(Stop::Failed)
+        } else {
+            Ok(())
+        }
+    }
 
+    /// Puts every wanted key not known to hold its value under `lease`; `Ok(true)` if etcd
+    /// refused one.
+    async fn put_wanted(
+        &mut self,
+        lease: i64,
+        desired: &Desired,
+        inputs: &mut Inputs,
+    ) -> Result<bool, Stop> {
+        let mut failed = false;
         for (key, value) in desired {
             let current = self.written.get(key);
             if current.is_some_and(|w| w.value.as_deref() == Some(value.as_str())) {
@@ -191,29 +228,43 @@ impl Registrar {
             } else {
                 "registered"
             };
-            failed |= self
-                .put(key, value, lease, verb, desired_rx, lease_rx, stop)
-                .await?;
+            failed |= self.put(key, value, lease, verb, inputs).await?;
         }
+        Ok(failed)
+    }
 
-        let stale: Vec<String> = self
+    /// Deletes every key we wrote (under any lease) that is no longer wanted; `Ok(true)` if
+    /// etcd refused one.
+    async fn delete_unwanted(
+        &mut self,
+        desired: &Desired,
+        inputs: &mut Inputs,
+    ) -> Result<bool, Stop> {
+        let unwanted: BTreeSet<String> = self
             .written
             .keys()
+            .chain(&self.orphaned)
             .filter(|k| !desired.contains_key(*k))
             .cloned()
             .collect();
-        for key in stale {
+        let mut failed = false;
+        for key in unwanted {
             let k = key.clone();
             let outcome = self
-                .request("delete", desired_rx, lease_rx, stop, move |mut c| {
+                .request("delete", inputs, move |mut c| {
                     let k = k.clone();
                     async move { c.delete(k, None).await }
                 })
                 .await;
             match outcome {
-                Outcome::Done(_) => {
+                Outcome::Done(resp) => {
                     self.written.remove(&key);
-                    tracing::info!(key, "deregistered");
+                    self.orphaned.remove(&key);
+                    if resp.deleted() > 0 {
+                        tracing::info!(key, "deregistered");
+                    } else {
+                        tracing::debug!(key, "deregistered: the key was gone already");
+                    }
                 }
                 Outcome::Failed(e) => {
                     tracing::error!(key, error = %e, "etcd refused to delete the key");
@@ -223,71 +274,63 @@ impl Registrar {
                 Outcome::Stopped => return Err(Stop::Stopped),
             }
         }
+        Ok(failed)
+    }
 
-        if reconcile && !failed {
-            for (key, value) in desired {
-                let k = key.clone();
-                let outcome = self
-                    .request("reconcile get", desired_rx, lease_rx, stop, move |mut c| {
-                        let k = k.clone();
-                        async move { c.get(k, None).await }
-                    })
-                    .await;
-                let found = match outcome {
-                    Outcome::Done(resp) => resp
-                        .kvs()
-                        .first()
-                        .map(|kv| (kv.value().to_vec(), kv.lease())),
-                    Outcome::Failed(e) => {
-                        tracing::error!(key, error = %e, "etcd refused to read the key back");
-                        failed = true;
-                        continue;
-                    }
-                    Outcome::Interrupted => return Err(Stop::Interrupted),
-                    Outcome::Stopped => return Err(Stop::Stopped),
-                };
-                let problem = match found {
-                    None => "missing",
-                    Some((v, _)) if v != value.as_bytes() => "holds another value",
-                    Some((_, l)) if l != lease => "is bound to another lease",
-                    Some(_) => continue,
-                };
-                tracing::warn!(
-                    key,
-                    problem,
-                    "registration in etcd is wrong; putting it again"
-                );
-                failed |= self
-                    .put(
-                        key,
-                        value,
-                        lease,
-                        "re-registered",
-                        desired_rx,
-                        lease_rx,
-                        stop,
-                    )
-                    .await?;
-            }
+    /// Reads every wanted key back and puts again one that is missing, holds another value
+    /// or another lease; `Ok(true)` if etcd refused something.
+    async fn read_back(
+        &mut self,
+        lease: i64,
+        desired: &Desired,
+        inputs: &mut Inputs,
+    ) -> Result<bool, Stop> {
+        let mut failed = false;
+        for (key, value) in desired {
+            let k = key.clone();
+            let outcome = self
+                .request("reconcile get", inputs, move |mut c| {
+                    let k = k.clone();
+                    async move { c.get(k, None).await }
+                })
+                .await;
+            let found = match outcome {
+                Outcome::Done(resp) => resp
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.lease())),
+                Outcome::Failed(e) => {
+                    tracing::error!(key, error = %e, "etcd refused to read the key back");
+                    failed = true;
+                    continue;
+                }
+                Outcome::Interrupted => return Err(Stop::Interrupted),
+                Outcome::Stopped => return Err(Stop::Stopped),
+            };
+            let problem = match found {
+                None => "missing",
+                Some((v, _)) if v != value.as_bytes() => "holds another value",
+                Some((_, l)) if l != lease => "is bound to another lease",
+                Some(_) => continue,
+            };
+            tracing::warn!(
+                key,
+                problem,
+                "registration in etcd is wrong; putting it again"
+            );
+            failed |= self.put(key, value, lease, "re-registered", inputs).await?;
         }
-        if failed {
-            Err(Stop::Failed)
-        } else {
-            Ok(())
-        }
+        Ok(failed)
     }
 
     /// Puts one key under `lease`; `Ok(true)` if etcd refused it.
-    #[allow(clippy::too_many_arguments)]
     async fn put(
         &mut self,
         key: &str,
         value: &str,
         lease: i64,
         verb: &'static str,
-        desired_rx: &mut watch::Receiver<Desired>,
-        lease_rx: &mut watch::Receiver<Option<i64>>,
-        stop: &CancellationToken,
+        inputs: &mut Inputs,
     ) -> Result<bool, Stop> {
         // Until the answer arrives the key may or may not be written; remembering it as
         // unknown makes a later pass delete it if it is no longer wanted.
@@ -295,7 +338,7 @@ impl Registrar {
             .insert(key.to_owned(), Written { value: None, lease });
         let (k, v) = (key.to_owned(), value.to_owned());
         let outcome = self
-            .request("put", desired_rx, lease_rx, stop, move |mut c| {
+            .request("put", inputs, move |mut c| {
                 let (k, v) = (k.clone(), v.clone());
                 async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
             })
@@ -330,26 +373,22 @@ impl Registrar {
 
     /// Runs `op` with retries until it is done, fails for good, or something it depends on
     /// changes.
-    async fn request<T, F, Fut>(
-        &self,
-        what: &str,
-        desired_rx: &mut watch::Receiver<Desired>,
-        lease_rx: &mut watch::Receiver<Option<i64>>,
-        stop: &CancellationToken,
-        op: F,
-    ) -> Outcome<T>
+    async fn request<T, F, Fut>(&self, what: &str, inputs: &mut Inputs, op: F) -> Outcome<T>
     where
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
+        // Only a reconnection after this request started may cut it short.
+        inputs.reconnected.mark_unchanged();
         tokio::select! {
             r = self.etcd.retry(what, op) => match r {
                 Ok(v) => Outcome::Done(v),
                 Err(e) => Outcome::Failed(e),
             },
-            Ok(()) = desired_rx.changed() => Outcome::Interrupted,
-            Ok(()) = lease_rx.changed() => Outcome::Interrupted,
-            _ = stop.cancelled() => Outcome::Stopped,
+            Ok(()) = inputs.desired.changed() => Outcome::Interrupted,
+            Ok(()) = inputs.lease.changed() => Outcome::Interrupted,
+            Ok(()) = inputs.reconnected.changed() => Outcome::Interrupted,
+            _ = inputs.stop.cancelled() => Outcome::Stopped,
         }
     }
 }

@@ -284,15 +284,16 @@ impl Shared {
 
     /// Recomputes the wanted registrations; wakes the registrar only if they changed.
     pub fn publish_desired(&self) {
-        let desired: Desired = {
-            let inner = self.lock();
-            inner
-                .instances
-                .values()
-                .filter(|e| e.health.healthy && maintenance_reasons(&inner, e).is_empty())
-                .map(|e| (e.key.clone(), e.record.clone()))
-                .collect()
-        };
+        let inner = self.lock();
+        let desired: Desired = inner
+            .instances
+            .values()
+            .filter(|e| e.health.healthy && maintenance_reasons(&inner, e).is_empty())
+            .map(|e| (e.key.clone(), e.record.clone()))
+            .collect();
+        // Sent while still holding the lock: two changes finishing together then publish in
+        // the order they computed, so an older set can never overwrite a newer one. (Lock
+        // order is always state, then channel: nobody takes the state lock while borrowing.)
         self.desired.send_if_modified(|current| {
             if *current == desired {
                 false
@@ -318,4 +319,81 @@ fn maintenance_reasons(inner: &Inner, e: &Entry) -> Vec<String> {
         }
     }
     reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::{Arc, Barrier};
+
+    fn services(n: u16) -> Vec<ServiceConfig> {
+        let items: String = (1..=n)
+            .map(|p| format!("  - {{name: s{p}, host: h, port: {p}, checks: [{{type: tcp}}]}}\n"))
+            .collect();
+        let text = format!("etcd: {{endpoints: [\"http://127.0.0.1:2379\"]}}\nservices:\n{items}");
+        crate::config::parse(Path::new("t.yaml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .services
+    }
+
+    fn report(shared: &Shared, service: &ServiceConfig, healthy: bool) {
+        let id = (service.name.clone(), service.instance_id());
+        let health = Health {
+            healthy,
+            passes: u32::from(healthy),
+            failures: u32::from(!healthy),
+        };
+        let result = if healthy { Ok(()) } else { Err("down".into()) };
+        shared.report(&id, service, health, &result, false);
+    }
+
+    /// Health changes finishing together on several threads (one monitor task each) must
+    /// leave the published wanted set equal to what the state says: a computation that
+    /// lost the race must never overwrite a newer one. Each round every thread flips its
+    /// instance at once, then the main thread compares.
+    #[test]
+    fn concurrent_health_changes_publish_the_final_truth() {
+        const THREADS: usize = 8;
+        const ROUNDS: usize = 30_000;
+        let services = services(THREADS as u16);
+        let shared = Arc::new(Shared::new("/p"));
+        for s in &services {
+            shared.upsert(s);
+        }
+        let barrier = Arc::new(Barrier::new(THREADS + 1));
+        let workers: Vec<_> = services
+            .iter()
+            .cloned()
+            .map(|service| {
+                let (shared, barrier) = (shared.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        barrier.wait();
+                        report(&shared, &service, round % 2 == 0);
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        let published = shared.subscribe_desired();
+        let mut wrong = Vec::new();
+        for round in 0..ROUNDS {
+            barrier.wait();
+            barrier.wait();
+            let want = round % 2 == 0;
+            if published.borrow().len() != if want { THREADS } else { 0 } {
+                wrong.push(round);
+            }
+        }
+        for w in workers {
+            w.join().unwrap_or_else(|_| panic!("worker panicked"));
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of {ROUNDS} rounds ended with a stale wanted set published (first: round {})",
+            wrong.len(),
+            wrong[0]
+        );
+    }
 }

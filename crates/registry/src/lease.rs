@@ -8,7 +8,18 @@
 //! A lost lease is replaced by a newly granted one at once; the id in force is published on a
 //! [`tokio::sync::watch`] channel so that writers re-put their keys under it. `None` means
 //! "no lease right now": nothing written earlier can be assumed to exist.
+//!
+//! A lease given up that way may still live: a restarted etcd gives every lease a fresh TTL,
+//! so the keys of an instance that died during the outage would stay for another TTL. Such
+//! superseded leases are revoked by a second task once a newer lease is in force and its
+//! writers report having moved their keys to it ([`LeaseHandle::settled`]), or at the latest
+//! `request_timeout + dial_timeout` after the new grant; retried until etcd revokes them or
+//! says they are gone. While etcd does not answer, both tasks try again every 0.25-0.5 s
+//! (not the 5 s of other requests): the keeper is what notices etcd's return.
 
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -16,6 +27,12 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::etcd::{is_transient, Etcd};
+
+/// Pacing of the lease tasks while etcd does not answer; see the module documentation.
+const PROBE: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_millis(500),
+};
 
 /// Whether `e` says that the lease does not exist (any more).
 pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
@@ -29,12 +46,17 @@ pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Leases given up but possibly still alive in etcd, shared by the keeper (adds), the
+/// releaser (removes once revoked) and [`Lease::revoke`] (revokes what is left at the end).
+type Superseded = Arc<watch::Sender<BTreeSet<i64>>>;
+
 /// The owner's side: keeps the lease alive until [`Lease::revoke`] or drop.
 pub struct Lease {
     handle: LeaseHandle,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    /// The keeper and the releaser; aborted on revoke and drop.
+    tasks: Vec<JoinHandle<()>>,
     etcd: Etcd,
+    superseded: Superseded,
 }
 
 /// What writers need: the current lease id, and a way to say it turned out to be gone.
@@ -42,6 +64,8 @@ pub struct Lease {
 pub struct LeaseHandle {
     current: watch::Receiver<Option<i64>>,
     lost: mpsc::UnboundedSender<i64>,
+    settled: Arc<watch::Sender<Option<i64>>>,
+    reconnected: watch::Receiver<u64>,
 }
 
 impl LeaseHandle {
@@ -60,6 +84,25 @@ impl LeaseHandle {
         // The keeper has stopped only while shutting down; then nobody needs a new lease.
         let _ = self.lost.send(id);
     }
+
+    /// Tells the lease that everything this writer keeps is written under lease `id`: the
+    /// leases given up before it can be revoked without taking any of those keys along.
+    pub fn settled(&self, id: i64) {
+        self.settled.send_if_modified(|s| {
+            let changed = *s != Some(id);
+            *s = Some(id);
+            changed
+        });
+    }
+
+    /// A receiver that changes whenever keepalives get through again after failing: etcd
+    /// answers again, so a request waiting out a long backoff step may start over at once.
+    /// Only changes after this call count.
+    pub fn reconnected(&self) -> watch::Receiver<u64> {
+        let mut rx = self.reconnected.clone();
+        rx.mark_unchanged();
+        rx
+    }
 }
 
 impl Lease {
@@ -69,7 +112,9 @@ impl Lease {
     pub fn start(etcd: Etcd, ttl: Duration) -> Lease {
         let (current_tx, current_rx) = watch::channel(None);
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (reconnected_tx, reconnected_rx) = watch::channel(0);
+        let settled = Arc::new(watch::channel(None).0);
+        let superseded: Superseded = Arc::new(watch::channel(BTreeSet::new()).0);
         let ttl_secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let keeper = Keeper {
             etcd: etcd.clone(),
@@ -77,17 +122,28 @@ impl Lease {
             ttl_secs,
             current: current_tx,
             lost: lost_rx,
-            stop: stop_rx,
+            reconnected: reconnected_tx,
+            superseded: superseded.clone(),
         };
-        let task = tokio::spawn(keeper.run());
+        let config = etcd.config();
+        let releaser = Releaser {
+            etcd: etcd.clone(),
+            current: current_rx.clone(),
+            settled: settled.subscribe(),
+            superseded: superseded.clone(),
+            grace: config.request_timeout.get() + config.dial_timeout.get(),
+        };
+        let tasks = vec![tokio::spawn(keeper.run()), tokio::spawn(releaser.run())];
         Lease {
             handle: LeaseHandle {
                 current: current_rx,
                 lost: lost_tx,
+                settled,
+                reconnected: reconnected_rx,
             },
-            stop: stop_tx,
-            task: Some(task),
+            tasks,
             etcd,
+            superseded,
         }
     }
 
@@ -104,36 +160,50 @@ impl Lease {
     }
 
     /// Stops the keepalives and revokes the current lease, which deletes every key bound to
-    /// it in one request. Gives up after `deadline` (the keys then expire with the TTL).
-    /// Returns the revoked lease id, or `None` if there was none or the revoke failed.
+    /// it in one request, and any superseded lease not revoked yet. Gives up after
+    /// `deadline` (the keys then expire with the TTL). Returns the revoked lease id, or
+    /// `None` if there was none or the revoke failed.
     pub async fn revoke(mut self, deadline: Duration) -> Option<i64> {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        // Aborted, not asked to stop: while etcd is unreachable the tasks may be inside a
+        // request (a keepalive in flight, a connect) that would hold the stop for its own
+        // timeout, on top of `deadline`. Dropping a request mid-way harms nothing.
+        for task in self.tasks.drain(..) {
+            task.abort();
             let _ = task.await;
         }
-        let id = self.handle.current()?;
-        let revoked = tokio::time::timeout(
-            deadline,
-            self.etcd.retry("lease revoke", |mut c| async move {
-                match c.lease_revoke(id).await {
-                    Ok(_) => Ok(()),
-                    // Already gone: the keys are gone with it, which is what we wanted.
-                    Err(e) if is_lease_not_found(&e) => Ok(()),
-                    Err(e) => Err(e),
+        let until = tokio::time::Instant::now() + deadline;
+        let revoked = match self.handle.current() {
+            Some(id) => self.revoke_current(id, until, deadline).await,
+            None => None,
+        };
+        let superseded: Vec<i64> = self.superseded.borrow().iter().copied().collect();
+        for id in superseded {
+            match revoke_until(&self.etcd, id, until).await {
+                Ok(()) => tracing::info!(lease = id, "superseded lease revoked"),
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e, "superseded lease not revoked; its keys expire with its TTL")
                 }
-            }),
-        )
-        .await;
-        match revoked {
-            Ok(Ok(())) => {
+            }
+        }
+        revoked
+    }
+
+    async fn revoke_current(
+        &self,
+        id: i64,
+        until: tokio::time::Instant,
+        deadline: Duration,
+    ) -> Option<i64> {
+        match revoke_until(&self.etcd, id, until).await {
+            Ok(()) => {
                 tracing::info!(lease = id, "lease revoked; its keys are deleted");
                 Some(id)
             }
-            Ok(Err(e)) => {
+            Err(RevokeError::Failed(e)) => {
                 tracing::warn!(lease = id, error = %e, "lease revoke failed; keys expire with the TTL");
                 None
             }
-            Err(_) => {
+            Err(RevokeError::TimedOut) => {
                 tracing::warn!(
                     lease = id,
                     ?deadline,
@@ -147,8 +217,169 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+enum RevokeError {
+    Failed(etcd_client::Error),
+    TimedOut,
+}
+
+impl std::fmt::Display for RevokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevokeError::Failed(e) => write!(f, "{e}"),
+            RevokeError::TimedOut => write!(f, "timed out"),
+        }
+    }
+}
+
+/// Revokes lease `id`, retrying until `until`. A lease etcd does not know is gone with its
+/// keys, which is what a revoke is for, so that counts as revoked.
+async fn revoke_until(
+    etcd: &Etcd,
+    id: i64,
+    until: tokio::time::Instant,
+) -> Result<(), RevokeError> {
+    let revoked = tokio::time::timeout_at(
+        until,
+        etcd.retry("lease revoke", |mut c| async move {
+            match c.lease_revoke(id).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_lease_not_found(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }),
+    )
+    .await;
+    match revoked {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RevokeError::Failed(e)),
+        Err(_) => Err(RevokeError::TimedOut),
+    }
+}
+
+/// How one attempt of [`attempt`] failed.
+enum Failure {
+    /// Another attempt, on this member or the next, may succeed.
+    Transient(etcd_client::Error),
+    /// etcd answered and refused.
+    Final(etcd_client::Error),
+}
+
+/// One request on the current member, bounded like each attempt of [`Etcd::retry`]; a
+/// transient failure moves the handle to the next member. The lease tasks pace their own
+/// retries ([`PROBE`]) instead of using [`Etcd::retry`], whose backoff grows to 5 s.
+async fn attempt<T, F, Fut>(etcd: &Etcd, op: F) -> Result<T, Failure>
+where
+    F: FnOnce(etcd_client::Client) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let config = etcd.config();
+    let limit = config.request_timeout.get() + config.dial_timeout.get();
+    let session = etcd.session().await.map_err(Failure::Transient)?;
+    let generation = session.generation();
+    let error = match tokio::time::timeout(limit, op(session.client)).await {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) if !is_transient(&e) => return Err(Failure::Final(e)),
+        Ok(Err(e)) => e,
+        Err(_) => etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+            "no answer within {limit:?}"
+        ))),
+    };
+    etcd.failed(generation).await;
+    Err(Failure::Transient(error))
+}
+
+/// Revokes superseded leases; see the module documentation.
+struct Releaser {
+    etcd: Etcd,
+    current: watch::Receiver<Option<i64>>,
+    settled: watch::Receiver<Option<i64>>,
+    superseded: Superseded,
+    /// How long writers may take to move to a new lease before the old ones go anyway.
+    grace: Duration,
+}
+
+impl Releaser {
+    async fn run(mut self) {
+        let mut pending = self.superseded.subscribe();
+        loop {
+            if pending.wait_for(|s| !s.is_empty()).await.is_err() {
+                return;
+            }
+            self.successor_settled().await;
+            let ids: Vec<i64> = self.superseded.borrow().iter().copied().collect();
+            for id in ids {
+                self.revoke(id).await;
+                self.superseded.send_modify(|s| {
+                    s.remove(&id);
+                });
+            }
+        }
+    }
+
+    /// Waits until a lease is in force and its writers have moved to it, or `grace` has
+    /// passed since it was granted (a lease may have no writers, or one that cannot write).
+    async fn successor_settled(&mut self) {
+        loop {
+            // Copied out first: the borrow must not live across the awaits below.
+            let current = *self.current.borrow_and_update();
+            let Some(id) = current else {
+                if self.current.changed().await.is_err() {
+                    // The keeper is gone: the lease is being revoked or dropped.
+                    return std::future::pending().await;
+                }
+                continue;
+            };
+            // `Some(true)`: go ahead; `Some(false)`: a channel closed (the lease is being
+            // revoked or dropped); `None`: lease `id` was lost too, wait for the next one.
+            let ready = tokio::select! {
+                settled = self.settled.wait_for(|s| *s == Some(id)) => Some(settled.is_ok()),
+                _ = tokio::time::sleep(self.grace) => Some(true),
+                changed = self.current.changed() => changed.is_err().then_some(false),
+            };
+            match ready {
+                Some(true) => return,
+                Some(false) => return std::future::pending().await,
+                None => continue,
+            }
+        }
+    }
+
+    /// Revokes `id` until etcd has done it or says it is gone.
+    async fn revoke(&self, id: i64) {
+        let mut unreachable = PROBE.start();
+        let mut refused = Backoff::default().start();
+        loop {
+            let revoked =
+                attempt(&self.etcd, |mut c| async move { c.lease_revoke(id).await }).await;
+            match revoked {
+                Ok(_) => {
+                    tracing::info!(
+                        lease = id,
+                        "superseded lease revoked; keys still bound to it are deleted"
+                    );
+                    return;
+                }
+                Err(Failure::Final(e)) if is_lease_not_found(&e) => {
+                    tracing::debug!(lease = id, "superseded lease already gone");
+                    return;
+                }
+                Err(Failure::Transient(e)) => {
+                    tracing::debug!(lease = id, error = %e, "cannot revoke a superseded lease yet");
+                    unreachable.wait().await;
+                }
+                Err(Failure::Final(e)) => {
+                    if refused.failures() == 0 {
+                        tracing::warn!(lease = id, error = %e, "etcd refused to revoke a superseded lease; retrying");
+                    }
+                    refused.wait().await;
+                }
+            }
         }
     }
 }
@@ -159,57 +390,69 @@ struct Keeper {
     ttl_secs: i64,
     current: watch::Sender<Option<i64>>,
     lost: mpsc::UnboundedReceiver<i64>,
-    stop: watch::Receiver<bool>,
+    reconnected: watch::Sender<u64>,
+    superseded: Superseded,
 }
 
-/// Why keeping a lease ended.
+/// Why keeping a lease ended (the keeper is aborted to stop it).
 enum End {
-    Stopped,
     Lost(String),
 }
 
 impl Keeper {
     async fn run(mut self) {
-        let mut backoff = Backoff::default().start();
         loop {
-            let ttl_secs = self.ttl_secs;
-            let granted = tokio::select! {
-                r = self.etcd.retry("lease grant", |mut c| async move { c.lease_grant(ttl_secs, None).await }) => r,
-                _ = self.stop.wait_for(|s| *s) => return,
-            };
-            let id = match granted {
-                Ok(resp) => resp.id(),
-                Err(e) => {
-                    // Not transient (e.g. permission denied): etcd answered but refused. Keep
-                    // trying slowly; an operator may fix the role while we run.
-                    tracing::error!(error = %e, "etcd refused to grant a lease");
-                    tokio::select! {
-                        _ = backoff.wait() => continue,
-                        _ = self.stop.wait_for(|s| *s) => return,
-                    }
-                }
-            };
-            backoff.reset();
+            let id = self.grant().await;
             tracing::info!(lease = id, ttl = ?self.ttl, "lease granted");
             self.current.send_replace(Some(id));
-            match self.keep(id).await {
-                End::Stopped => return,
-                End::Lost(why) => {
-                    tracing::warn!(lease = id, reason = %why, "lease lost; granting a new one");
-                    self.current.send_replace(None);
+            let End::Lost(why) = self.keep(id).await;
+            tracing::warn!(lease = id, reason = %why, "lease lost; granting a new one");
+            // Lost in our view; etcd may still hold it (see the module documentation).
+            self.superseded.send_modify(|s| {
+                s.insert(id);
+            });
+            self.current.send_replace(None);
+        }
+    }
+
+    /// Grants a lease, trying until etcd gives one.
+    async fn grant(&mut self) -> i64 {
+        let ttl_secs = self.ttl_secs;
+        let mut unreachable = PROBE.start();
+        let mut refused = Backoff::default().start();
+        loop {
+            let granted = attempt(&self.etcd, |mut c| async move {
+                c.lease_grant(ttl_secs, None).await
+            })
+            .await;
+            match granted {
+                Ok(resp) => return resp.id(),
+                Err(Failure::Transient(e)) => {
+                    if unreachable.failures() == 0 {
+                        tracing::warn!(error = %e, "etcd unreachable; retrying the lease grant");
+                    } else {
+                        tracing::debug!(error = %e, "etcd still unreachable for the lease grant");
+                    }
+                    unreachable.wait().await;
+                }
+                Err(Failure::Final(e)) => {
+                    // etcd answered but refused (e.g. permission denied). Keep trying slowly;
+                    // an operator may fix the role while we run.
+                    tracing::error!(error = %e, "etcd refused to grant a lease");
+                    refused.wait().await;
                 }
             }
         }
     }
 
-    /// Keeps lease `id` alive until it is lost or we are stopped. The stream is reopened (on
+    /// Keeps lease `id` alive until it is lost. The stream is reopened (on
     /// the next member) whenever it breaks; the lease only counts as lost when etcd says so
     /// or when a whole TTL passed without a successful keepalive.
     async fn keep(&mut self, id: i64) -> End {
         let period = (self.ttl / 3).max(Duration::from_millis(200));
         let request_timeout = self.etcd.config().request_timeout.get();
         let mut alive_until = Instant::now() + self.ttl;
-        let mut backoff = Backoff::default().start();
+        let mut backoff = PROBE.start();
         // Logged once when keepalives start failing and once when they work again.
         let mut failing = false;
         loop {
@@ -259,6 +502,7 @@ impl Keeper {
             backoff.reset();
             if std::mem::take(&mut failing) {
                 tracing::info!(lease = id, "lease keepalive works again");
+                self.reconnected.send_modify(|n| *n = n.wrapping_add(1));
             }
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,7 +510,6 @@ impl Keeper {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = self.stop.wait_for(|s| *s) => return End::Stopped,
                     Some(reported) = self.lost.recv() => {
                         if reported == id {
                             return End::Lost("a write said the lease is not found".into());
@@ -303,11 +546,10 @@ impl Keeper {
         }
     }
 
-    /// Waits a backoff step; `Some` if we must stop or the lease is reported lost meanwhile.
+    /// Waits a backoff step; `Some` if the lease is reported lost meanwhile.
     async fn pause(&mut self, backoff: &mut crate::backoff::BackoffState, id: i64) -> Option<End> {
         tokio::select! {
             _ = backoff.wait() => None,
-            _ = self.stop.wait_for(|s| *s) => Some(End::Stopped),
             Some(reported) = self.lost.recv() => (reported == id).then(|| End::Lost("a write said the lease is not found".into())),
         }
     }

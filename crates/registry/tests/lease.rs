@@ -72,3 +72,48 @@ async fn a_lease_is_granted_once_etcd_comes_up() {
     server.restart().await;
     wait_for_lease(&mut rx, None).await;
 }
+
+/// A lease given up during an outage longer than its TTL is revoked once etcd is back:
+/// a restarted etcd gives every old lease a fresh TTL, so without the revoke its keys (an
+/// instance that died meanwhile) would stay for another whole TTL.
+#[tokio::test]
+async fn a_lease_given_up_during_an_outage_is_revoked_once_etcd_is_back() {
+    let mut server = EtcdServer::start().await;
+    let handle = etcd(server.endpoint());
+    let ttl = Duration::from_secs(5);
+    let lease = Lease::start(handle.clone(), ttl);
+    let mut rx = lease.subscribe();
+    let first = wait_for_lease(&mut rx, None).await;
+    handle
+        .retry("put", |mut c| async move {
+            c.put("/t/old", "v", Some(PutOptions::new().with_lease(first)))
+                .await
+        })
+        .await
+        .unwrap();
+    server.kill();
+    tokio::time::timeout(ttl * 3, rx.wait_for(|id| id.is_none()))
+        .await
+        .expect("the lease is given up after its TTL")
+        .expect("keeper alive");
+    server.restart().await;
+    let back = std::time::Instant::now();
+    let second = wait_for_lease(&mut rx, Some(first)).await;
+    let granted = back.elapsed();
+    let gone = testkit::time_until(
+        "the superseded lease's key is gone",
+        Duration::from_secs(15),
+        || async { !server.etcdctl(&["get", "/t/old"]).contains("/t/old") },
+    )
+    .await
+        + granted;
+    eprintln!(
+        "measured: new lease {granted:?}, old lease's key gone {gone:?} after etcd answered again"
+    );
+    // Without writers telling the lease they moved, the old one is revoked
+    // request_timeout + dial_timeout (1.3 s) after the new grant.
+    assert!(gone < Duration::from_millis(2500), "took {gone:?}");
+    let ttl_left = server.etcdctl(&["lease", "timetolive", &format!("{first:x}")]);
+    assert!(ttl_left.contains("already expired"), "{ttl_left}");
+    assert_eq!(lease.revoke(Duration::from_secs(3)).await, Some(second));
+}

@@ -257,3 +257,42 @@ impl Drop for HttpServer {
         self.task.abort();
     }
 }
+
+/// Whether `key` was deleted at any revision after `from` (etcd's history, so a delete
+/// followed at once by a put is seen too, which polling could miss).
+pub async fn deleted_since(c: &Client, key: &str, from: i64) -> bool {
+    let now = read("current revision", || {
+        let mut c = c.clone();
+        async move { c.get(key, None).await }
+    })
+    .await
+    .header()
+    .map(|h| h.revision())
+    .unwrap_or_else(|| panic!("no header in a get of {key}"));
+    for revision in from..=now {
+        let resp = read(&format!("get {key} at {revision}"), || {
+            let mut c = c.clone();
+            async move {
+                c.get(key, Some(GetOptions::new().with_revision(revision)))
+                    .await
+            }
+        })
+        .await;
+        if resp.kvs().is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The current revision of the store, read through `c`.
+pub async fn revision(c: &Client) -> i64 {
+    read("current revision", || {
+        let mut c = c.clone();
+        async move { c.get("/", None).await }
+    })
+    .await
+    .header()
+    .map(|h| h.revision())
+    .unwrap_or_else(|| panic!("no header in a get"))
+}
