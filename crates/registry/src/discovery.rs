@@ -313,13 +313,13 @@ impl Watcher {
             let session = match self.etcd.session().await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.disconnected(&e.to_string(), ever_synced);
+                    self.disconnected(&e.to_string(), ever_synced, true);
                     backoff.wait().await;
                     continue;
                 }
             };
             if let Err(e) = self.sync(&session.client).await {
-                self.disconnected(&e.to_string(), ever_synced);
+                self.disconnected(&e.to_string(), ever_synced, e.is_unreachable());
                 self.etcd.failed(session.generation).await;
                 backoff.wait().await;
                 continue;
@@ -342,13 +342,17 @@ impl Watcher {
         }
     }
 
-    fn disconnected(&mut self, error: &str, ever_synced: bool) {
+    /// The registry cannot be followed right now: `unreachable` when etcd did not answer
+    /// (rather than answering with an error, which is reported as what it is).
+    fn disconnected(&mut self, error: &str, ever_synced: bool, unreachable: bool) {
         // Once per outage: a retry loop against a dead etcd must not log every attempt.
         let first = !std::mem::replace(&mut self.reported_down, true);
         if !first {
             tracing::debug!(service = %self.service, %error, "registry still unreadable");
         } else if ever_synced {
             tracing::warn!(service = %self.service, %error, instances = self.served_count(), "watch lost; serving the last known instances while retrying");
+        } else if unreachable {
+            tracing::warn!(service = %self.service, %error, "etcd unreachable; no instances known yet, retrying");
         } else {
             tracing::warn!(service = %self.service, %error, "cannot read the registry; no instances known yet, retrying");
         }
@@ -493,11 +497,11 @@ impl Watcher {
             {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    self.disconnected(&format!("watch: {e}"), true);
+                    self.disconnected(&format!("watch: {e}"), true, true);
                     return failed(false);
                 }
                 Err(_) => {
-                    self.disconnected("watch creation timed out", true);
+                    self.disconnected("watch creation timed out", true, true);
                     return failed(false);
                 }
             };
@@ -520,11 +524,11 @@ impl Watcher {
                         let response = match message {
                             Ok(Some(r)) => r,
                             Ok(None) => {
-                                self.disconnected("watch stream closed by etcd", true);
+                                self.disconnected("watch stream closed by etcd", true, true);
                                 return failed(established);
                             }
                             Err(e) => {
-                                self.disconnected(&format!("watch stream: {e}"), true);
+                                self.disconnected(&format!("watch stream: {e}"), true, true);
                                 return failed(established);
                             }
                         };
@@ -541,12 +545,12 @@ impl Watcher {
                     self.publish_batch(batch);
                 }
                 _ = &mut silence => {
-                    self.disconnected(&format!("watch stream silent for {silence_limit:?}"), true);
+                    self.disconnected(&format!("watch stream silent for {silence_limit:?}"), true, true);
                     return failed(established);
                 }
                 _ = ticker.tick() => {
                     if let Err(e) = stream.request_progress().await {
-                        self.disconnected(&format!("progress request: {e}"), true);
+                        self.disconnected(&format!("progress request: {e}"), true, true);
                         return failed(established);
                     }
                 }
@@ -583,7 +587,7 @@ impl Watcher {
                 compacted: false,
                 reason,
             } => {
-                self.disconnected(&reason, true);
+                self.disconnected(&reason, true, true);
                 Err(Resync::Failed)
             }
             Step::Apply { changes, revision } => {

@@ -51,6 +51,16 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Whether etcd did not answer (down, partitioned, hung), rather than answering with
+    /// an error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SnapshotError::Timeout { .. } => true,
+            SnapshotError::Etcd { source, .. } => crate::etcd::is_transient(source),
+            SnapshotError::NoHeader { .. } => false,
+        }
+    }
+
     /// The underlying etcd error, to tell a transient failure from a refusal.
     pub fn etcd_error(&self) -> Option<&etcd_client::Error> {
         match self {
