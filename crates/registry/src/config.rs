@@ -11,15 +11,53 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::key;
 
-/// A problem with a configuration file: which file, which key, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {}{message}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+/// A problem with a configuration file: which file, which key, what is wrong, on which
+/// line; and the further problems found in the same file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
     /// Dotted path of the offending key, e.g. `services[0].port`; empty for the whole file.
     pub key: String,
     pub message: String,
+    /// 1-based line of the key (or of the parser's position when the key cannot be found).
+    pub line: Option<usize>,
+    /// Further problems in the same file, in the order found (at most [`MAX_REPORTED`] - 1).
+    pub more: Vec<ConfigError>,
 }
+
+/// Problems reported from one file at most.
+pub const MAX_REPORTED: usize = 10;
+
+impl ConfigError {
+    fn whole_file(path: &Path, message: String) -> Self {
+        ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            message,
+            line: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        for other in &self.more {
+            write!(f, "\n{other}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// A problem found by semantic validation, before the file name is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,33 +83,83 @@ pub trait Validate {
 
 /// Reads, parses and validates a configuration file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_owned(),
-        key: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))?;
     parse(path, &text)
 }
 
 /// Parses and validates configuration text; `path` only names it in errors.
+///
+/// Every problem is reported, not only the first (up to [`MAX_REPORTED`]): after one, the
+/// lines of the offending key are blanked out (so line numbers stay) and the text is read
+/// again, which either finds the next problem or uses the key's default. A problem that
+/// only follows from a blanked key (its required field now missing) ends the search.
 pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    let whole_file = |message: String| ConfigError {
-        file: path.to_owned(),
-        key: String::new(),
-        message,
-    };
     if text.trim().is_empty() {
-        return Err(whole_file("the file is empty".into()));
+        return Err(ConfigError::whole_file(path, "the file is empty".into()));
     }
-    check_bounds(text).map_err(whole_file)?;
+    check_bounds(text).map_err(|m| ConfigError::whole_file(path, m))?;
+    let mut first = match parse_once::<T>(path, text) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    let mut current = text.to_owned();
+    let mut blanked = vec![first.key.clone()];
+    let mut last_message = first.message.clone();
+    // A missing field cannot be blanked out: what follows it is not known.
+    while first.more.len() + 1 < MAX_REPORTED && !last_message.starts_with("missing field") {
+        let Some(lines) = crate::yaml_lines::key_lines(&current, blanked.last().map_or("", |k| k))
+        else {
+            break;
+        };
+        current = blank_lines(&current, &lines);
+        let next = match parse_once::<T>(path, &current) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let seen = std::iter::once(&first)
+            .chain(&first.more)
+            .any(|e| e.key == next.key);
+        if seen || next.key.is_empty() || follows_from_blanking(&next, &blanked) {
+            break;
+        }
+        blanked.push(next.key.clone());
+        last_message.clone_from(&next.message);
+        first.more.push(next);
+    }
+    Err(first)
+}
+
+/// One read of `text`: the first problem, with its key's line.
+fn parse_once<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<T, ConfigError> {
     let value: T = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
-        .map_err(|e| yaml_error(path, e))?;
+        .map_err(|e| yaml_error(path, text, e))?;
     value.validate().map_err(|e| ConfigError {
         file: path.to_owned(),
+        line: crate::yaml_lines::locate(text, &e.key),
         key: e.key,
         message: e.message,
+        more: Vec::new(),
     })?;
     Ok(value)
+}
+
+/// `text` with the given 1-based lines emptied (numbering unchanged).
+fn blank_lines(text: &str, lines: &[usize]) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| if lines.contains(&(i + 1)) { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `error` is only the consequence of a blanked key: a required field missing.
+fn follows_from_blanking(error: &ConfigError, blanked: &[String]) -> bool {
+    error.message.starts_with("missing field")
+        && blanked.iter().any(|k| {
+            let (parent, name) = k.rsplit_once('.').unwrap_or(("", k));
+            error.key == parent && error.message.contains(&format!("`{name}`"))
+        })
 }
 
 /// Largest configuration file read: a real one is a few kilobytes.
@@ -136,24 +224,72 @@ fn flow_depth(text: &str) -> usize {
 
 /// serde_path_to_error knows the full key, even for errors raised inside a field's own
 /// deserializer (a bad duration); serde_norway adds the line and column to the message.
-fn yaml_error(path: &Path, e: serde_path_to_error::Error<serde_norway::Error>) -> ConfigError {
+fn yaml_error(
+    path: &Path,
+    text: &str,
+    e: serde_path_to_error::Error<serde_norway::Error>,
+) -> ConfigError {
     // A syntax error inside a mapping leaves a `?` for the key it did not reach.
     let key = e.path().to_string().trim_end_matches(".?").to_owned();
-    let inner = e.into_inner().to_string();
-    // serde_norway prefixes nested messages with its own (shorter) path; drop it.
+    let key = if key == "." || key == "?" {
+        String::new()
+    } else {
+        key
+    };
+    let inner = e.into_inner();
+    let parser_line = inner.location().map(|l| l.line());
+    let inner = inner.to_string();
+    // serde_norway prefixes nested messages with its own (shorter) path; drop it, and its
+    // position: the line is reported apart, the key's own where it can be found.
     let message = match inner.split_once(": ") {
         Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_owned(),
         _ => inner,
     };
+    let message = match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => message[..at].to_owned(),
+        _ => message,
+    };
+    let line = match key.is_empty() {
+        true => parser_line,
+        false => crate::yaml_lines::locate(text, &key).or(parser_line),
+    };
     ConfigError {
         file: path.to_owned(),
-        key: if key == "." || key == "?" {
-            String::new()
-        } else {
-            key
-        },
-        message,
+        key,
+        message: plain_types(&message),
+        line,
+        more: Vec::new(),
     }
+}
+
+/// serde names Rust types (`expected u16`); operators get what the value may be.
+fn plain_types(message: &str) -> String {
+    const NAMES: [(&str, &str); 10] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, plain) in NAMES {
+        if let Some(at) = out.find(rust) {
+            let end = at + rust.len();
+            // Whole words only: `u16` must not match the start of `u160`.
+            if !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(at..end, plain);
+            }
+        }
+    }
+    out
 }
 
 /// A duration written as a string with a unit: `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`.
@@ -446,6 +582,105 @@ impl EtcdConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod reporting_tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Item {
+        name: String,
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        every: Option<ConfigDuration>,
+        #[serde(default)]
+        share: u32,
+    }
+
+    impl Validate for File {
+        fn validate(&self) -> Result<(), FieldError> {
+            for (i, item) in self.items.iter().enumerate() {
+                if item.share > 100 {
+                    return Err(FieldError::new(
+                        format!("items[{i}].share"),
+                        "is not a percentage",
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn problems(text: &str) -> Vec<(String, String, Option<usize>)> {
+        let e = parse::<File>(Path::new("f.yaml"), text).unwrap_err();
+        std::iter::once(&e)
+            .chain(&e.more)
+            .map(|e| (e.key.clone(), e.message.clone(), e.line))
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_the_line_of_its_key() {
+        let text = "items:\n  - name: a\n    port: 70000\n    every: 5 parsecs\n  - name: b\n    share: 300\n    colour: red\n";
+        let found = problems(text);
+        let keys: Vec<&str> = found.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "items[0].port",
+                "items[0].every",
+                "items[1].colour",
+                "items[1].share"
+            ]
+        );
+        let lines: Vec<Option<usize>> = found.iter().map(|(_, _, l)| *l).collect();
+        assert_eq!(lines, [Some(3), Some(4), Some(7), Some(6)]);
+        assert!(
+            found[0]
+                .1
+                .contains("expected a whole number from 0 to 65535"),
+            "{}",
+            found[0].1
+        );
+        assert!(
+            !found.iter().any(|(_, m, _)| m.contains(" at line ")),
+            "{found:?}"
+        );
+        let shown = parse::<File>(Path::new("f.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(shown.lines().count(), 4, "{shown}");
+        assert!(
+            shown.starts_with("f.yaml: items[0].port: invalid value"),
+            "{shown}"
+        );
+        assert!(shown.contains("(line 7)"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_required_field_ends_the_report() {
+        let found = problems("items:\n  - port: 1\n  - name: b\n    share: 300\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1.starts_with("missing field `name`"), "{found:?}");
+        assert_eq!(found[0].2, Some(2));
+    }
+
+    #[test]
+    fn json_files_keep_the_parser_position() {
+        let found = problems("{\"items\": [{\"name\": \"a\", \"port\": \"x\"}]}");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "items[0].port");
+        assert_eq!(found[0].2, Some(1));
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`record`]: the JSON value stored under each key ([`InstanceRecord`]) and its validation.
 //! - [`config`]: configuration pieces both programs share: the `etcd:` block, durations
 //!   written as `"500ms"`/`"2s"`, and YAML loading whose errors name the file and the key.
+//! - `yaml_lines`: where a key is written in a YAML text, so errors name its line.
 //! - [`backoff`]: jittered exponential backoff, a pure calculation.
 //! - [`etcd`]: an [`Etcd`] handle that connects lazily, rotates across endpoints and retries
 //!   transient failures, because etcd-client itself does neither.
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod record;
 pub mod snapshot;
 pub mod untrusted;
+mod yaml_lines;
 
 pub use config::{ConfigDuration, ConfigError, EtcdConfig};
 pub use etcd::Etcd;

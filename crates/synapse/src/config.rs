@@ -418,7 +418,7 @@ mod tests {
             (svc("    balance: fastest\n"), "services[0].balance", "unknown variant"),
             (svc("    connect_timeout: soon\n"), "services[0].connect_timeout", "invalid duration"),
             (svc("    connect_timeout: 0ms\n"), "services[0].connect_timeout", "at least"),
-            (svc("    retries: -1\n"), "services[0].retries", "expected u32"),
+            (svc("    retries: -1\n"), "services[0].retries", "expected a whole number from 0 to 4294967295"),
             (svc("    retries: 11\n"), "services[0].retries", "more than 10"),
             (svc("    eject_after: 0\n"), "services[0].eject_after", "at least 1"),
             (svc("    max_ejection_percent: 150\n"), "services[0].max_ejection_percent", "percentage"),
