@@ -597,6 +597,7 @@ mod reporting_tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read by serde only: its errors are what is tested
     struct Item {
         name: String,
         #[serde(default)]
