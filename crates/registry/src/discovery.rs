@@ -44,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 use futures::FutureExt as _;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
 use crate::etcd::Etcd;
@@ -251,6 +252,8 @@ impl Drop for Discovery {
 /// Starts discovering `service` under the handle's prefix.
 pub fn spawn(etcd: Etcd, service: &str, options: DiscoveryOptions) -> Discovery {
     let (sender, receiver) = watch::channel(None);
+    // Every line it logs names the service once, through the span.
+    let span = tracing::info_span!("discovery", service = %service);
     let task = tokio::spawn(
         Watcher {
             prefix: key::service_prefix(&etcd.config().prefix, service),
@@ -265,7 +268,8 @@ pub fn spawn(etcd: Etcd, service: &str, options: DiscoveryOptions) -> Discovery 
             warned: HashMap::new(),
             reported_down: false,
         }
-        .run(),
+        .run()
+        .instrument(span),
     );
     Discovery { receiver, task }
 }
@@ -319,15 +323,28 @@ impl Watcher {
                 }
             };
             if let Err(e) = self.sync(&session.client).await {
-                self.disconnected(&e.to_string(), ever_synced, e.is_unreachable());
-                self.etcd.failed(session.generation).await;
+                let unreachable = e.is_unreachable();
+                self.disconnected(&e.to_string(), ever_synced, unreachable);
+                // A member that answered with an error is not moved away from: another
+                // member would give the same answer (permission denied, bad request).
+                if unreachable {
+                    self.etcd.failed(session.generation).await;
+                }
                 backoff.wait().await;
                 continue;
             }
             if !ever_synced {
-                tracing::info!(service = %self.service, instances = self.live.len(), revision = self.revision, "discovered");
+                tracing::info!(
+                    instances = self.live.len(),
+                    revision = self.revision,
+                    "discovered"
+                );
             } else if self.reported_down {
-                tracing::info!(service = %self.service, instances = self.live.len(), revision = self.revision, "resynced with etcd");
+                tracing::info!(
+                    instances = self.live.len(),
+                    revision = self.revision,
+                    "resynced with etcd"
+                );
             }
             ever_synced = true;
             self.reported_down = false;
@@ -348,13 +365,14 @@ impl Watcher {
         // Once per outage: a retry loop against a dead etcd must not log every attempt.
         let first = !std::mem::replace(&mut self.reported_down, true);
         if !first {
-            tracing::debug!(service = %self.service, %error, "registry still unreadable");
+            tracing::debug!(%error, "registry still unreadable");
         } else if ever_synced {
-            tracing::warn!(service = %self.service, %error, instances = self.served_count(), "watch lost; serving the last known instances while retrying");
+            let instances = self.served_count();
+            tracing::warn!(%error, instances, "watch lost; serving the last known instances while retrying");
         } else if unreachable {
-            tracing::warn!(service = %self.service, %error, "etcd unreachable; no instances known yet, retrying");
+            tracing::warn!(%error, "etcd unreachable; no instances known yet, retrying");
         } else {
-            tracing::warn!(service = %self.service, %error, "cannot read the registry; no instances known yet, retrying");
+            tracing::warn!(%error, "cannot read the registry; no instances known yet, retrying");
         }
         self.sender.send_if_modified(|view| match view {
             Some(v) if v.connected => {
@@ -388,7 +406,11 @@ impl Watcher {
         }
         for key in &snapshot.unreadable {
             seen.insert(key);
-            self.warn_skipped(key, snapshot.revision, &format!("value too large to read (over {} bytes); records are at most {MAX_RECORD_BYTES} bytes", snapshot::PAGE_BYTES));
+            let reason = format!(
+                "value too large to read (over {} bytes); records are at most {MAX_RECORD_BYTES} bytes",
+                snapshot::PAGE_BYTES
+            );
+            self.warn_skipped(key, snapshot.revision, &reason);
         }
         self.warned.retain(|k, _| seen.contains(k.as_slice()));
         let known = Known {
@@ -424,13 +446,16 @@ impl Watcher {
             None => Instant::now() + self.options.grace_period,
         };
         let grace = Grace::start(reason, until, served, live);
-        tracing::warn!(service = %self.service, reason = %grace.reason, held = grace.held.len(), listed = live.len(), period = ?until.saturating_duration_since(Instant::now()), "registry lost instances; serving the last known ones while it refills");
+        let (held, listed) = (grace.held.len(), live.len());
+        let period = until.saturating_duration_since(Instant::now());
+        tracing::warn!(reason = %grace.reason, held, listed, ?period,
+            "registry lost instances; serving the last known ones while it refills");
         self.grace = Some(grace);
     }
 
     fn warn_skipped(&mut self, key: &[u8], mod_revision: i64, reason: &str) {
         if self.warned.insert(key.to_vec(), mod_revision) != Some(mod_revision) {
-            tracing::warn!(service = %self.service, key = %Untrusted(key), %reason, "skipping registration");
+            tracing::warn!(key = %Untrusted(key), %reason, "skipping registration");
         }
     }
 
@@ -452,9 +477,16 @@ impl Watcher {
             return false;
         }
         if grace.held.is_empty() {
-            tracing::info!(service = %self.service, instances = self.live.len(), "registry refilled; grace period over");
+            tracing::info!(
+                instances = self.live.len(),
+                "registry refilled; grace period over"
+            );
         } else {
-            tracing::warn!(service = %self.service, dropped = grace.held.len(), instances = self.live.len(), "grace period over; dropping the instances etcd did not list again");
+            tracing::warn!(
+                dropped = grace.held.len(),
+                instances = self.live.len(),
+                "grace period over; dropping the instances etcd did not list again"
+            );
         }
         self.grace = None;
         true
@@ -580,7 +612,7 @@ impl Watcher {
                 compacted: true,
                 reason,
             } => {
-                tracing::info!(service = %self.service, %reason, "resyncing");
+                tracing::info!(%reason, "resyncing");
                 Err(Resync::Compacted)
             }
             Step::Resync {
@@ -648,7 +680,7 @@ impl Watcher {
         let ended = self.end_grace_if_over();
         let was_connected = self.sender.borrow().as_ref().is_some_and(|v| v.connected);
         if !was_connected {
-            tracing::info!(service = %self.service, revision = self.revision, "watch established");
+            tracing::info!(revision = self.revision, "watch established");
         }
         if batch.changed || ended || !was_connected {
             self.publish(true);
@@ -754,7 +786,14 @@ mod tests {
         /// A resumed watch never moves the view's revision backwards.
         #[test]
         fn revisions_never_go_backwards(current in 0i64..1000, header in 0i64..1000) {
-            let message = WatchMessage { created: false, canceled: false, compact_revision: 0, cancel_reason: String::new(), header_revision: header, changes: vec![] };
+            let message = WatchMessage {
+                created: false,
+                canceled: false,
+                compact_revision: 0,
+                cancel_reason: String::new(),
+                header_revision: header,
+                changes: vec![],
+            };
             match step(current, message) {
                 Step::Apply { revision, .. } => prop_assert_eq!(revision, current.max(header)),
                 other => prop_assert!(false, "unexpected {:?}", other),

@@ -271,7 +271,10 @@ mod tests {
         /// etcd's record of an instance always wins over a held one, and nothing etcd
         /// lists is ever missing from what is served.
         #[test]
-        fn etcd_wins_and_is_always_served(before in proptest::collection::btree_set(1u16..20, 0..10), live in proptest::collection::btree_set(1u16..20, 0..10)) {
+        fn etcd_wins_and_is_always_served(
+            before in proptest::collection::btree_set(1u16..20, 0..10),
+            live in proptest::collection::btree_set(1u16..20, 0..10),
+        ) {
             let served = instances(&before.iter().copied().collect::<Vec<_>>());
             let live_set: Instances = instances(&live.iter().copied().collect::<Vec<_>>())
                 .into_iter()

@@ -223,7 +223,10 @@ mod tests {
         /// Every key that starts with the prefix sorts in [prefix, prefix_end), and
         /// `key_after` is the next possible key.
         #[test]
-        fn the_range_holds_the_prefixed_keys(prefix in proptest::collection::vec(any::<u8>(), 1..6), rest in proptest::collection::vec(any::<u8>(), 0..6)) {
+        fn the_range_holds_the_prefixed_keys(
+            prefix in proptest::collection::vec(any::<u8>(), 1..6),
+            rest in proptest::collection::vec(any::<u8>(), 0..6),
+        ) {
             let key = [prefix.clone(), rest].concat();
             let end = prefix_end(&prefix);
             prop_assert!(key.as_slice() >= prefix.as_slice());
