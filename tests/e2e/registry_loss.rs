@@ -18,11 +18,13 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 fn nerve_config(endpoint: &str, backends: &[(&str, u16)], ttl: &str) -> String {
     let mut s = format!(
-        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\nlease_ttl: {ttl}\nservices:\n"
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n\
+         lease_ttl: {ttl}\nservices:\n"
     );
     for (id, port) in backends {
         s += &format!(
-            "  - name: web\n    host: 127.0.0.1\n    port: {port}\n    instance_id: {id}\n    check_interval: 200ms\n    rise: 1\n    fall: 2\n    checks:\n      - type: tcp\n"
+            "  - name: web\n    host: 127.0.0.1\n    port: {port}\n    instance_id: {id}\n\
+             \x20   check_interval: 200ms\n    rise: 1\n    fall: 2\n    checks:\n      - type: tcp\n"
         );
     }
     s
@@ -30,7 +32,9 @@ fn nerve_config(endpoint: &str, backends: &[(&str, u16)], ttl: &str) -> String {
 
 fn synapse_config(endpoint: &str, listen: SocketAddr, admin: SocketAddr) -> String {
     format!(
-        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: {admin}\nservices:\n  - name: web\n    listen: {listen}\n    connect_timeout: 300ms\n"
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n\
+         \x20 keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: {admin}\n\
+         services:\n  - name: web\n    listen: {listen}\n    connect_timeout: 300ms\n"
     )
 }
 

@@ -11,11 +11,24 @@ pub const TXN_OPS: usize = 100;
 pub fn realistic_record(i: usize, host: &str, port: u16) -> String {
     let sha = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
     let short = i.wrapping_mul(2_654_435_761) as u32;
-    format!(
-        r#"{{"host":"{host}","port":{port},"name":"web-{i}","weight":100,"zone":"zone-{zone}","labels":{{"version":"2026.11.{i:05}","sha":"{sha:040x}","image":"registry.internal.example/platform/web-frontend:2026.11.{i:05}-{short:08x}","team":"platform-web-frontend","pod":"web-frontend-7d9f8c6b5-{i:08}","node":"ip-198-18-{a}-{b}.eu-west-1.compute.internal","owner":"web-frontend-oncall@example.com","deployed_by":"deployer-pipeline-{i:06}","cluster":"prod-eu-west-1-blue","region":"eu-west-1","tier":"frontend"}}}}"#,
-        zone = i % 3,
+    let labels = format!(
+        concat!(
+            r#"{{"version":"2026.11.{i:05}","sha":"{sha:040x}","#,
+            r#""image":"registry.internal.example/platform/web-frontend:2026.11.{i:05}-{short:08x}","#,
+            r#""team":"platform-web-frontend","pod":"web-frontend-7d9f8c6b5-{i:08}","#,
+            r#""node":"ip-198-18-{a}-{b}.eu-west-1.compute.internal","#,
+            r#""owner":"web-frontend-oncall@example.com","deployed_by":"deployer-pipeline-{i:06}","#,
+            r#""cluster":"prod-eu-west-1-blue","region":"eu-west-1","tier":"frontend"}}"#,
+        ),
+        i = i,
+        sha = sha,
+        short = short,
         a = (i / 256) % 256,
         b = i % 256,
+    );
+    format!(
+        r#"{{"host":"{host}","port":{port},"name":"web-{i}","weight":100,"zone":"zone-{zone}","labels":{labels}}}"#,
+        zone = i % 3,
     )
 }
 
