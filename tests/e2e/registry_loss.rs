@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use testkit::backend::greeting;
-use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -115,11 +115,10 @@ impl Load {
 }
 
 struct Mesh {
-    _dir: tempfile::TempDir,
     etcd: EtcdServer,
     _backends: Vec<Backend>,
-    nerve: ChildProcess,
-    _synapse: ChildProcess,
+    nerve: Daemon,
+    _synapse: Daemon,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -170,7 +169,6 @@ async fn held(admin: SocketAddr) -> u64 {
 }
 
 async fn start_mesh(ttl: &str) -> Mesh {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let mut backends = Vec::new();
     for name in ["a", "b", "c"] {
@@ -181,18 +179,10 @@ async fn start_mesh(ttl: &str) -> Mesh {
         .map(|b| (format!("web-{}", b.name()), b.port()))
         .collect();
     let ids: Vec<(&str, u16)> = ids.iter().map(|(i, p)| (i.as_str(), *p)).collect();
-    let nerve = ChildProcess::spawn_configured(
-        "nerve",
-        dir.path(),
-        &nerve_config(&etcd.endpoint(), &ids, ttl),
-    );
+    let nerve = Daemon::nerve(&nerve_config(&etcd.endpoint(), &ids, ttl)).await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let synapse = ChildProcess::spawn_configured(
-        "synapse",
-        dir.path(),
-        &synapse_config(&etcd.endpoint(), listen, admin),
-    );
+    let synapse = Daemon::synapse(&synapse_config(&etcd.endpoint(), listen, admin)).await;
     wait_until("three instances are registered", DEADLINE, || async {
         registered(&etcd) == all_three()
     })
@@ -208,7 +198,6 @@ async fn start_mesh(ttl: &str) -> Mesh {
     })
     .await;
     Mesh {
-        _dir: dir,
         etcd,
         _backends: backends,
         nerve,

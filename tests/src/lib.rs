@@ -3,7 +3,9 @@
 //! - [`etcd`]: real etcd servers (single member or cluster) on free loopback ports with temp
 //!   data dirs, stopped, paused, restarted or wiped on demand, killed by PID on drop.
 //! - [`backend`]: TCP backends that greet each connection with their name, then echo.
-//! - [`process`]: the real `nerve`/`synapse` binaries as child processes, killed on drop.
+//! - [`process`]: child processes killed by PID on drop, output kept in a log file.
+//! - [`daemon`]: the real `nerve`/`synapse` binaries started on a configuration of the
+//!   test's, waited for until they say they started; the one way tests start them.
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
@@ -12,6 +14,7 @@
 
 pub mod backend;
 pub mod bulk;
+pub mod daemon;
 pub mod etcd;
 pub mod link;
 pub mod process;
@@ -21,6 +24,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use backend::Backend;
+pub use daemon::Daemon;
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use link::Link;
 pub use process::ChildProcess;

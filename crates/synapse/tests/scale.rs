@@ -7,30 +7,26 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use testkit::bulk::{put_all, realistic_record};
-use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer, Link};
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer, Link};
 
 const PREFIX: &str = "/smartstack/services";
 
-fn spawn(dir: &Path, etcd: &str, services: &[(&str, u16)], admin: u16) -> ChildProcess {
+/// synapse, not waited for: the tests time its start.
+fn spawn(etcd: &str, services: &[(&str, u16)], admin: u16) -> Daemon {
     let mut text = format!(
-        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 2s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: 127.0.0.1:{admin}\nservices:\n"
+        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 2s\n\
+         \x20 keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: 127.0.0.1:{admin}\nservices:\n"
     );
     for (name, port) in services {
         text.push_str(&format!(
             "  - name: {name}\n    listen: 127.0.0.1:{port}\n    connect_timeout: 300ms\n"
         ));
     }
-    let config = dir.join("synapse.yaml");
-    std::fs::write(&config, text).unwrap();
-    let mut cmd = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_synapse")));
-    cmd.arg("--config").arg(&config);
-    ChildProcess::spawn_logged("synapse", cmd, &dir.join("synapse.log"))
+    Daemon::spawn("synapse", &text, |_| {})
 }
 
 fn admin_addr(port: u16) -> SocketAddr {
@@ -99,16 +95,10 @@ async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resync
     )
     .await;
 
-    let dir = tempfile::tempdir().unwrap();
     let link = Link::start(etcd.client_addr()).await;
     let admin = free_port();
     let started = Instant::now();
-    let mut synapse = spawn(
-        dir.path(),
-        &link.http_endpoint(),
-        &[("web", free_port())],
-        admin,
-    );
+    let mut synapse = spawn(&link.http_endpoint(), &[("web", free_port())], admin);
     let admin = admin_addr(admin);
     wait_until(
         "synapse routes to the 10,000 instances",
@@ -199,10 +189,8 @@ async fn a_burst_of_registrations_does_not_slow_another_service() {
     let next = Backend::start("next").await;
     register(&etcd, "other", "o1", other.port());
     register(&etcd, "web", "w0", 9);
-    let dir = tempfile::tempdir().unwrap();
     let (admin, other_port) = (free_port(), free_port());
     let _synapse = spawn(
-        dir.path(),
         &etcd.endpoint(),
         &[("web", free_port()), ("other", other_port)],
         admin,
