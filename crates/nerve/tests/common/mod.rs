@@ -296,3 +296,35 @@ pub async fn revision(c: &Client) -> i64 {
     .map(|h| h.revision())
     .unwrap_or_else(|| panic!("no header in a get"))
 }
+
+/// How many times each key under the prefix was put, from revision 1 up to now, read from
+/// etcd's history (every revision, so no write can slip between two reads): the number of
+/// distinct `mod_revision`s each key had.
+pub async fn puts_per_key(c: &Client) -> std::collections::BTreeMap<String, usize> {
+    let now = revision(c).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for rev in 1..=now {
+        let resp = read(&format!("get the prefix at {rev}"), || {
+            let mut c = c.clone();
+            async move {
+                c.get(
+                    PREFIX,
+                    Some(GetOptions::new().with_prefix().with_revision(rev)),
+                )
+                .await
+            }
+        })
+        .await;
+        for kv in resp.kvs() {
+            seen.insert((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+    let mut puts = std::collections::BTreeMap::new();
+    for (key, _) in seen {
+        *puts.entry(key).or_insert(0) += 1;
+    }
+    puts
+}
