@@ -15,7 +15,42 @@ use tokio::net::TcpStream;
 use crate::config::{CheckConfig, ExecCheckConfig, HttpCheckConfig, ServiceConfig, TcpCheckConfig};
 
 /// The result of one check: `Ok` = pass, `Err` = why it failed.
-pub type CheckResult = Result<(), String>;
+pub type CheckResult = Result<(), CheckError>;
+
+/// Why a check failed. Compared by value, so that a check failing the same way round after
+/// round is logged once; its text is the reason shown in logs and `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// No answer within the check's timeout; `output` is what an exec check wrote to stderr
+    /// before it was killed.
+    #[error(
+        "{check}: timed out after {after:?}{}",
+        output.as_deref().map(|o| format!(": {o}")).unwrap_or_default()
+    )]
+    TimedOut {
+        check: String,
+        after: Duration,
+        output: Option<String>,
+    },
+    /// The TCP connection was refused or failed.
+    #[error("connect {addr}: {error}")]
+    Connect { addr: String, error: String },
+    /// The check ran and the answer was wrong (HTTP error or status, body, exit status).
+    #[error("{check}: {detail}")]
+    Failed { check: String, detail: String },
+    /// An exec check could not be started or waited for.
+    #[error("{0}")]
+    CannotRun(String),
+}
+
+impl CheckError {
+    fn failed(check: &str, detail: impl std::fmt::Display) -> CheckError {
+        CheckError::Failed {
+            check: check.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+}
 
 /// The most of a response body read for `expect_body`, so a huge page cannot eat memory.
 const MAX_BODY: usize = 64 * 1024;
@@ -62,7 +97,7 @@ impl Check {
     pub async fn run(&self) -> CheckResult {
         let timeout = self.config.timeout();
         let bounded = |outcome: Result<CheckResult, tokio::time::error::Elapsed>| {
-            outcome.unwrap_or_else(|_| Err(self.timed_out(timeout)))
+            outcome.unwrap_or_else(|_| Err(self.timed_out(timeout, None)))
         };
         match &self.config {
             CheckConfig::Tcp(c) => bounded(tokio::time::timeout(timeout, self.tcp(c)).await),
@@ -73,14 +108,21 @@ impl Check {
         }
     }
 
-    fn timed_out(&self, timeout: Duration) -> String {
-        format!("{}: timed out after {timeout:?}", self.describe())
+    fn timed_out(&self, timeout: Duration, output: Option<String>) -> CheckError {
+        CheckError::TimedOut {
+            check: self.describe(),
+            after: timeout,
+            output,
+        }
     }
 
-    async fn connect(&self, port: u16) -> Result<TcpStream, String> {
+    async fn connect(&self, port: u16) -> Result<TcpStream, CheckError> {
         TcpStream::connect((self.host.as_str(), port))
             .await
-            .map_err(|e| format!("connect {}:{port}: {e}", self.host))
+            .map_err(|e| CheckError::Connect {
+                addr: format!("{}:{port}", self.host),
+                error: e.to_string(),
+            })
     }
 
     async fn tcp(&self, c: &TcpCheckConfig) -> CheckResult {
@@ -94,7 +136,7 @@ impl Check {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("{what}: {e}"))?;
+                .map_err(|e| CheckError::failed(&what, e))?;
         // The connection is driven inside this future rather than in a spawned task, so a
         // timeout drops it (and closes the socket) even against a server that never answers.
         let exchange = async {
@@ -114,23 +156,22 @@ impl Check {
             }
             let request = request
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("{what}: cannot build the request: {e}"))?;
+                .map_err(|e| CheckError::failed(&what, format!("cannot build the request: {e}")))?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| format!("{what}: {e}"))?;
+                .map_err(|e| CheckError::failed(&what, e))?;
             let status = response.status().as_u16();
             if !c.expect_status.contains(status) {
-                return Err(format!(
-                    "{what}: status {status}, expected {}",
-                    c.expect_status
-                ));
+                let detail = format!("status {status}, expected {}", c.expect_status);
+                return Err(CheckError::failed(&what, detail));
             }
             if let Some(expected) = &c.expect_body {
                 let mut body = response.into_body();
                 let mut seen = Vec::new();
                 while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| format!("{what}: reading the body: {e}"))?;
+                    let frame = frame
+                        .map_err(|e| CheckError::failed(&what, format!("reading the body: {e}")))?;
                     if let Some(data) = frame.data_ref() {
                         seen.extend_from_slice(data);
                     }
@@ -140,10 +181,11 @@ impl Check {
                 }
                 let text = String::from_utf8_lossy(&seen);
                 if !text.contains(expected.as_str()) {
-                    return Err(format!(
-                        "{what}: body does not contain {expected:?} (first {} bytes read)",
+                    let detail = format!(
+                        "body does not contain {expected:?} (first {} bytes read)",
                         seen.len()
-                    ));
+                    );
+                    return Err(CheckError::failed(&what, detail));
                 }
             }
             Ok(())
@@ -155,7 +197,7 @@ impl Check {
             c = &mut connection => match c {
                 // Closed after the whole response arrived: what is buffered still reads.
                 Ok(()) => exchange.await,
-                Err(e) => Err(format!("{what}: {e}")),
+                Err(e) => Err(CheckError::failed(&what, e)),
             },
         }
     }
@@ -163,7 +205,7 @@ impl Check {
     async fn exec(&self, c: &ExecCheckConfig, timeout: Duration) -> CheckResult {
         let deadline = tokio::time::Instant::now() + timeout;
         let Some((program, args)) = c.command.split_first() else {
-            return Err("exec check without a command".into());
+            return Err(CheckError::CannotRun("exec check without a command".into()));
         };
         let mut child = tokio::process::Command::new(program)
             .args(args)
@@ -179,7 +221,7 @@ impl Check {
             .kill_on_drop(true)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            .map_err(|e| CheckError::CannotRun(format!("cannot run {program:?}: {e}")))?;
         let mut group = KillGroupOnDrop(child.id());
         let mut stderr = Vec::new();
         let mut pipe = child.stderr.take();
@@ -201,10 +243,11 @@ impl Check {
         .await;
         let tail = stderr_tail(&stderr);
         let status = match finished {
-            Ok(status) => status.map_err(|e| format!("waiting for {program:?}: {e}"))?,
+            Ok(status) => status
+                .map_err(|e| CheckError::CannotRun(format!("waiting for {program:?}: {e}")))?,
             // `group` and `child` are dropped on return: that kills the check.
-            Err(_) if tail.is_empty() => return Err(self.timed_out(timeout)),
-            Err(_) => return Err(format!("{}: {tail}", self.timed_out(timeout))),
+            Err(_) if tail.is_empty() => return Err(self.timed_out(timeout, None)),
+            Err(_) => return Err(self.timed_out(timeout, Some(tail))),
         };
         // Reaped: its pid, and with it the group id, may now belong to someone else.
         group.0 = None;
@@ -216,9 +259,12 @@ impl Check {
             None => "killed by a signal".into(),
         };
         if tail.is_empty() {
-            Err(format!("{}: {code}", self.describe()))
+            Err(CheckError::failed(&self.describe(), code))
         } else {
-            Err(format!("{}: {code}: {tail}", self.describe()))
+            Err(CheckError::failed(
+                &self.describe(),
+                format!("{code}: {tail}"),
+            ))
         }
     }
 }
@@ -259,15 +305,6 @@ pub async fn run_all(checks: &[Check]) -> CheckResult {
     let results = futures::future::join_all(checks.iter().map(Check::run)).await;
     results
         .into_iter()
-        .collect::<Result<Vec<()>, String>>()
+        .collect::<Result<Vec<()>, CheckError>>()
         .map(drop)
-}
-
-/// The upper bound of one round, for callers that must not wait longer.
-pub fn round_timeout(checks: &[Check]) -> Duration {
-    checks
-        .iter()
-        .map(|c| c.config.timeout())
-        .max()
-        .unwrap_or(Duration::ZERO)
 }

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nerve::check::{run_all, Check};
-use nerve::config::ServiceConfig;
-use nerve::Nerve;
+use nerve::{run_all, Check, Nerve, ServiceConfig};
 use testkit::{Backend, EtcdServer};
 
 /// The service parsed from one YAML list item (with a dummy etcd block around it).
@@ -19,10 +17,11 @@ fn service(item: &str) -> ServiceConfig {
     c.services.remove(0)
 }
 
+/// The failure reason as logs and `/status` show it.
 async fn run(item: &str) -> Result<(), String> {
     let s = service(item);
     let checks: Vec<Check> = s.checks.iter().map(|c| Check::new(&s, c)).collect();
-    run_all(&checks).await
+    run_all(&checks).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
