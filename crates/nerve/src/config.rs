@@ -468,7 +468,7 @@ impl ServiceConfig {
 
     fn validate(&self, at: &str) -> Result<(), FieldError> {
         let key = |k: &str| format!("{at}.{k}");
-        registry::key::validate_segment("service name", &self.name)
+        registry::key::check_segment("service name", &self.name)
             .map_err(|m| FieldError::new(key("name"), m))?;
         if self.host.is_empty()
             || self
@@ -484,7 +484,7 @@ impl ServiceConfig {
         if self.port == 0 {
             return Err(FieldError::new(key("port"), "must be from 1 to 65535"));
         }
-        registry::key::validate_segment("instance_id", &self.instance_id())
+        registry::key::check_segment("instance_id", &self.instance_id())
             .map_err(|m| FieldError::new(key("instance_id"), m))?;
         if self.check_interval.get() < Duration::from_millis(10) {
             return Err(FieldError::new(

@@ -390,7 +390,7 @@ impl EtcdConfig {
                 ));
             }
         }
-        key::validate_prefix(&self.prefix).map_err(|m| FieldError::new("etcd.prefix", m))?;
+        key::check_prefix(&self.prefix).map_err(|m| FieldError::new("etcd.prefix", m))?;
         match (&self.username, &self.password) {
             (Some(_), None) => {
                 return Err(FieldError::new(
