@@ -394,7 +394,8 @@ impl Nerve {
         } else {
             tracing::error!(
                 endpoints = ?e.endpoints,
-                "the new etcd did not take every registration in time; they keep being retried there, and the old lease is released anyway"
+                "the new etcd did not take every registration in time; they keep being retried there, and the old \
+                lease is released anyway"
             );
         }
         let old = &self.config.etcd;

@@ -6,8 +6,9 @@
 //! `mod_revision` stays. A put abandoned before its answer came (an input changed while it
 //! was in flight, as when instances turn healthy one after another at start) may have
 //! landed: it is sent again as a transaction that writes only if etcd does not hold that
-//! value under that lease already, so it is never written twice. When the lease changes (lost and re-granted), everything wanted is
-//! put again under the new one, and what was written under the old one but is no longer
+//! value under that lease already, so it is never written twice. When the lease changes
+//! (lost and re-granted), everything wanted is put again under the new one, and what was
+//! written under the old one but is no longer
 //! wanted is deleted explicitly (a restarted etcd renews old leases), also while there is no
 //! lease yet. Once everything is under the new lease it says so ([`LeaseHandle::settled`]),
 //! so the old lease can be revoked without taking live keys along. Every

@@ -20,7 +20,9 @@ async fn registers_after_rise_passes_and_deregisters_after_fall_failures() {
     let (interval_ms, fall) = (100u64, 2u32);
     // weight, zone and labels from the config must reach the record consumers read.
     let service = format!(
-        "  - {{name: web, instance_id: web-1, host: 127.0.0.1, port: {}, weight: 50, zone: eu-1a, labels: {{track: canary, version: \"2\"}}, check_interval: {interval_ms}ms, rise: 2, fall: {fall}, checks: [{{type: tcp, timeout: 200ms}}]}}\n",
+        "  - {{name: web, instance_id: web-1, host: 127.0.0.1, port: {}, weight: 50, zone: eu-1a, labels: {{track: \
+        canary, version: \"2\"}}, check_interval: {interval_ms}ms, rise: 2, fall: {fall}, checks: [{{type: tcp, \
+        timeout: 200ms}}]}}\n",
         backend.port()
     );
     let nerve = Nerve::start(config(&endpoints, "", &service))
@@ -95,7 +97,8 @@ async fn a_flapping_check_below_fall_keeps_the_registration() {
     let c = client(&endpoints).await;
     // fall 1000: it would take 100 s of failures to go down.
     let svc = format!(
-        "  - {{name: db, instance_id: db-1, host: 127.0.0.1, port: {}, check_interval: 100ms, rise: 1, fall: 1000, checks: [{{type: tcp, timeout: 200ms}}]}}\n",
+        "  - {{name: db, instance_id: db-1, host: 127.0.0.1, port: {}, check_interval: 100ms, rise: 1, fall: 1000, \
+        checks: [{{type: tcp, timeout: 200ms}}]}}\n",
         backend.port()
     );
     let nerve = Nerve::start(config(&endpoints, "", &svc)).await.unwrap();
@@ -231,7 +234,8 @@ async fn at_start_each_registration_is_put_exactly_once() {
     let services: String = (0..INSTANCES)
         .map(|i| {
             format!(
-                "  - {{name: web, instance_id: w{i}, host: 127.0.0.1, port: {}, check_interval: {}ms, rise: 2, checks: [{{type: tcp}}]}}\n",
+                "  - {{name: web, instance_id: w{i}, host: 127.0.0.1, port: {}, check_interval: {}ms, rise: 2, \
+                checks: [{{type: tcp}}]}}\n",
                 backend.port(),
                 100 + i
             )

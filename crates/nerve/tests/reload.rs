@@ -13,7 +13,8 @@ use testkit::{Backend, ChildProcess, EtcdServer};
 
 fn with_weight(service: &str, id: &str, port: u16, weight: u32) -> String {
     format!(
-        "  - {{name: {service}, instance_id: {id}, host: 127.0.0.1, port: {port}, weight: {weight}, check_interval: 100ms, checks: [{{type: tcp}}]}}\n"
+        "  - {{name: {service}, instance_id: {id}, host: 127.0.0.1, port: {port}, weight: {weight}, check_interval: \
+        100ms, checks: [{{type: tcp}}]}}\n"
     )
 }
 
@@ -505,7 +506,8 @@ async fn reload_moving_an_instance_deregisters_it_until_rise_passes_at_the_new_a
         config(
             &endpoints,
             "",
-            &format!("  - {{name: web, instance_id: w, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 3, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"),
+            &format!("  - {{name: web, instance_id: w, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: \
+                3, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"),
         )
     };
     let mut nerve = Nerve::start(at(first.port())).await.unwrap();

@@ -379,7 +379,8 @@ impl EtcdConfig {
             if e.starts_with("https://") && self.tls.is_none() {
                 return Err(FieldError::new(
                     format!("etcd.endpoints[{i}]"),
-                    format!("{e:?} uses https but there is no etcd.tls block (with ca: the CA that signed the members' certificates)"),
+                    format!("{e:?} uses https but there is no etcd.tls block (with ca: the CA that signed the \
+                        members' certificates)"),
                 ));
             }
             // etcd-client refuses TLS options on an http:// URL, so this would never connect.
@@ -418,7 +419,8 @@ impl EtcdConfig {
             if tls.ca.is_none() {
                 return Err(FieldError::new(
                     "etcd.tls.ca",
-                    "is required with etcd.tls: the members' certificates are verified only against this CA file (system root certificates are not used)",
+                    "is required with etcd.tls: the members' certificates are verified only against this CA file \
+                    (system root certificates are not used)",
                 ));
             }
             for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {

@@ -16,7 +16,8 @@ pub const PREFIX: &str = "/smartstack/services";
 pub fn yaml(endpoints: &[String], top: &str, services: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
     format!(
-        "etcd:\n  endpoints: [{}]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 1s\n  keepalive_timeout: 1s\nlease_ttl: 2s\nreconcile_interval: 500ms\n{top}\nservices:\n{services}",
+        "etcd:\n  endpoints: [{}]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 1s\n  \
+        keepalive_timeout: 1s\nlease_ttl: 2s\nreconcile_interval: 500ms\n{top}\nservices:\n{services}",
         endpoints.join(", ")
     )
 }
@@ -41,7 +42,8 @@ impl ConfigExt for NerveConfig {
 /// A service list item with a tcp check on `port`, checked every 100 ms.
 pub fn tcp_service(name: &str, id: &str, port: u16) -> String {
     format!(
-        "  - {{name: {name}, instance_id: {id}, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"
+        "  - {{name: {name}, instance_id: {id}, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 2, fall: \
+        2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"
     )
 }
 
