@@ -312,37 +312,41 @@ impl Nerve {
     }
 
     /// Stops the monitors of removed instances, updates changed ones, starts added ones.
+    /// Each line is logged in the instance's span, which names it.
     async fn apply_instances(&mut self, plan: &Plan) {
         for id in &plan.remove {
             if let Some(m) = self.monitors.remove(id) {
+                m.span().in_scope(|| tracing::info!("removed by reload"));
                 m.stop().await;
             }
             self.shared.remove(id);
-            tracing::info!(service = %id.0, instance = %id.1, "removed by reload");
         }
         for service in &plan.update {
             let id = (service.name.clone(), service.instance_id());
             let Some(m) = self.monitors.get(&id) else {
                 continue;
             };
-            if m.update(&self.shared, service.clone()) {
-                tracing::info!(
-                    service = %id.0,
-                    instance = %id.1,
-                    host = %service.host,
-                    port = service.port,
-                    rise = service.rise,
-                    "address changed by reload: deregistered until it passes rise checks \
-                     at the new address"
-                );
-            } else {
-                tracing::info!(service = %id.0, instance = %id.1, "changed by reload");
-            }
+            let moved = m.update(&self.shared, service.clone());
+            m.span().in_scope(|| {
+                if moved {
+                    tracing::info!(
+                        host = %service.host,
+                        port = service.port,
+                        rise = service.rise,
+                        "address changed by reload: deregistered until it passes rise checks \
+                         at the new address"
+                    );
+                } else {
+                    tracing::info!("changed by reload");
+                }
+            });
         }
         for service in &plan.add {
             let id = (service.name.clone(), service.instance_id());
-            tracing::info!(service = %id.0, instance = %id.1, "added by reload");
             let monitor = Monitor::spawn(self.shared.clone(), service.clone(), &self.checks_stop);
+            monitor
+                .span()
+                .in_scope(|| tracing::info!("added by reload"));
             self.monitors.insert(id, monitor);
         }
     }

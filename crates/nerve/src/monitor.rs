@@ -18,6 +18,8 @@ use crate::state::{InstanceId, Shared};
 /// A running monitor; dropping it does not stop it, [`Monitor::stop`] does.
 pub struct Monitor {
     spec: watch::Sender<ServiceConfig>,
+    /// Names the instance (`service`, `instance`) on every line logged about it.
+    span: tracing::Span,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -38,9 +40,10 @@ impl Monitor {
         );
         let (spec_tx, spec_rx) = watch::channel(service);
         let stop = parent.child_token();
-        let task = tokio::spawn(run(shared, spec_rx, stop.clone()).instrument(span));
+        let task = tokio::spawn(run(shared, spec_rx, stop.clone()).instrument(span.clone()));
         Monitor {
             spec: spec_tx,
+            span,
             stop,
             task,
         }
@@ -53,6 +56,11 @@ impl Monitor {
         let moved = shared.upsert(&service);
         self.spec.send_replace(service);
         moved
+    }
+
+    /// The instance's span, for lines about it logged outside its task (reloads).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     pub async fn stop(self) {
