@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -140,23 +141,7 @@ impl Check {
         // The connection is driven inside this future rather than in a spawned task, so a
         // timeout drops it (and closes the socket) even against a server that never answers.
         let exchange = async {
-            let host = match &c.host {
-                Some(h) => h.clone(),
-                None if self.host.contains(':') => format!("[{}]:{port}", self.host),
-                None => format!("{}:{port}", self.host),
-            };
-            let mut request = hyper::Request::builder()
-                .method(c.method.as_str())
-                .uri(c.path.as_str())
-                .header(hyper::header::HOST, host)
-                .header(hyper::header::USER_AGENT, "nerve")
-                .header(hyper::header::CONNECTION, "close");
-            for (name, value) in &c.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            let request = request
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| CheckError::failed(&what, format!("cannot build the request: {e}")))?;
+            let request = self.request(c, port, &what)?;
             let response = sender
                 .send_request(request)
                 .await
@@ -166,29 +151,10 @@ impl Check {
                 let detail = format!("status {status}, expected {}", c.expect_status);
                 return Err(CheckError::failed(&what, detail));
             }
-            if let Some(expected) = &c.expect_body {
-                let mut body = response.into_body();
-                let mut seen = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    let frame = frame
-                        .map_err(|e| CheckError::failed(&what, format!("reading the body: {e}")))?;
-                    if let Some(data) = frame.data_ref() {
-                        seen.extend_from_slice(data);
-                    }
-                    if seen.len() >= MAX_BODY {
-                        break;
-                    }
-                }
-                let text = String::from_utf8_lossy(&seen);
-                if !text.contains(expected.as_str()) {
-                    let detail = format!(
-                        "body does not contain {expected:?} (first {} bytes read)",
-                        seen.len()
-                    );
-                    return Err(CheckError::failed(&what, detail));
-                }
+            match &c.expect_body {
+                Some(expected) => body_contains(&what, response.into_body(), expected).await,
+                None => Ok(()),
             }
-            Ok(())
         };
         tokio::pin!(exchange);
         tokio::pin!(connection);
@@ -200,6 +166,32 @@ impl Check {
                 Err(e) => Err(CheckError::failed(&what, e)),
             },
         }
+    }
+
+    /// The request of an http check against `port`.
+    fn request(
+        &self,
+        c: &HttpCheckConfig,
+        port: u16,
+        what: &str,
+    ) -> Result<hyper::Request<Empty<Bytes>>, CheckError> {
+        let host = match &c.host {
+            Some(h) => h.clone(),
+            None if self.host.contains(':') => format!("[{}]:{port}", self.host),
+            None => format!("{}:{port}", self.host),
+        };
+        let mut request = hyper::Request::builder()
+            .method(c.method.as_str())
+            .uri(c.path.as_str())
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "nerve")
+            .header(hyper::header::CONNECTION, "close");
+        for (name, value) in &c.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CheckError::failed(what, format!("cannot build the request: {e}")))
     }
 
     async fn exec(&self, c: &ExecCheckConfig, timeout: Duration) -> CheckResult {
@@ -227,16 +219,7 @@ impl Check {
         let mut pipe = child.stderr.take();
         let finished = tokio::time::timeout_at(deadline, async {
             if let Some(pipe) = &mut pipe {
-                // Read chunk by chunk into `stderr` (not `read_to_end` into a buffer of
-                // its own) so that what arrived before the deadline survives the timeout.
-                let mut chunk = [0u8; 4096];
-                // A check that writes more than this is cut, not waited on forever.
-                while stderr.len() < STDERR_LIMIT {
-                    match pipe.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => stderr.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                read_stderr(pipe, &mut stderr).await;
             }
             child.wait().await
         })
@@ -265,6 +248,42 @@ impl Check {
                 &self.describe(),
                 format!("{code}: {tail}"),
             ))
+        }
+    }
+}
+
+/// Whether the first [`MAX_BODY`] bytes of `body` contain `expected`.
+async fn body_contains(what: &str, mut body: Incoming, expected: &str) -> CheckResult {
+    let mut seen = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| CheckError::failed(what, format!("reading the body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen.extend_from_slice(data);
+        }
+        if seen.len() >= MAX_BODY {
+            break;
+        }
+    }
+    if String::from_utf8_lossy(&seen).contains(expected) {
+        return Ok(());
+    }
+    let detail = format!(
+        "body does not contain {expected:?} (first {} bytes read)",
+        seen.len()
+    );
+    Err(CheckError::failed(what, detail))
+}
+
+/// Reads an exec check's stderr chunk by chunk into `stderr` (not `read_to_end` into a
+/// buffer of its own) so that what arrived before the deadline survives the timeout; stops
+/// at EOF or [`STDERR_LIMIT`] (a check that writes more is cut, not waited on forever).
+async fn read_stderr(pipe: &mut tokio::process::ChildStderr, stderr: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    while stderr.len() < STDERR_LIMIT {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => stderr.extend_from_slice(&chunk[..n]),
         }
     }
 }

@@ -375,31 +375,15 @@ impl Nerve {
             lease_ttl = %new.lease_ttl,
             "etcd settings changed: registering everything under a new lease before releasing the old one"
         );
-        // Enough for a reachable cluster to connect, grant and take the puts; waiting longer
-        // would only delay the reload (and a SIGTERM behind it) while the old lease still
-        // holds the registrations.
         let e = &new.etcd;
-        let deadline =
-            tokio::time::Instant::now() + 2 * (e.dial_timeout.get() + e.request_timeout.get());
-        let moved = loop {
-            let current = self.lease.current();
-            if current.is_some_and(|id| self.shared.all_registered_under(id)) {
-                break true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break false;
-            }
-            // The registrar reports to `shared` without a signal to wait on; polling at a
-            // short period until the deadline keeps this simple.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if moved {
-            tracing::info!(lease = ?self.lease.current(), "every registration is written under the new lease");
+        if self.wait_all_registered(e).await {
+            let lease = self.lease.current();
+            tracing::info!(?lease, "every registration is written under the new lease");
         } else {
             tracing::error!(
                 endpoints = ?e.endpoints,
-                "the new etcd did not take every registration in time; they keep being retried there, and the old \
-                lease is released anyway"
+                "the new etcd did not take every registration in time; they keep being retried there, \
+                 and the old lease is released anyway"
             );
         }
         let old = &self.config.etcd;
@@ -409,6 +393,28 @@ impl Nerve {
         {
             Some(id) => tracing::info!(lease = id, "old lease revoked"),
             None => tracing::warn!("no old lease revoked; its keys, if any, expire with its TTL"),
+        }
+    }
+
+    /// Waits until every wanted registration is written under the lease in force; false if
+    /// that took longer than `2 × (dial_timeout + request_timeout)` of `etcd` (the new
+    /// settings): enough for a reachable cluster to connect, grant and take the puts;
+    /// waiting longer would only delay the reload (and a SIGTERM behind it) while the old
+    /// lease still holds the registrations.
+    async fn wait_all_registered(&self, etcd: &registry::EtcdConfig) -> bool {
+        let bound = 2 * (etcd.dial_timeout.get() + etcd.request_timeout.get());
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let current = self.lease.current();
+            if current.is_some_and(|id| self.shared.all_registered_under(id)) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // The registrar reports to `shared` without a signal to wait on; polling at a
+            // short period until the deadline keeps this simple.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
