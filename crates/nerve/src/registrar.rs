@@ -5,8 +5,8 @@
 //! and writes only differences, so an unchanged registration is never re-written and its
 //! `mod_revision` stays. A put abandoned before its answer came (an input changed while it
 //! was in flight, as when instances turn healthy one after another at start) may have
-//! landed: it is sent again as a transaction that writes only if etcd does not hold that
-//! value under that lease already, so it is never written twice. When the lease changes
+//! landed, or may land later: every put is a transaction that writes only if etcd does not
+//! hold that value under that lease already, so it is never written twice. When the lease changes
 //! (lost and re-granted), everything wanted is put again under the new one, and what was
 //! written under the old one but is no longer
 //! wanted is deleted explicitly (a restarted etcd renews old leases), also while there is no
@@ -231,8 +231,7 @@ impl Registrar {
     }
 
     /// Puts every wanted key not known to hold its value under `lease`; `Ok(true)` if etcd
-    /// refused one. A key whose put was abandoned unanswered with the same value is not put
-    /// blindly again: [`Registrar::confirm`] writes it only if etcd does not hold it already.
+    /// refused one.
     async fn put_wanted(
         &mut self,
         lease: i64,
@@ -245,20 +244,14 @@ impl Registrar {
             if current.is_some_and(|w| w.holds(value)) {
                 continue;
             }
-            let retried = current.and_then(|w| w.unconfirmed.map(|verb| (verb, w.value == *value)));
-            let verb = match retried {
+            let verb = match current.and_then(|w| w.unconfirmed) {
                 // Nothing was logged for the abandoned put: it keeps its verb.
-                Some((verb, _)) => verb,
+                Some(verb) => verb,
                 None if self.orphaned.contains(key) => "re-registered under the new lease",
                 None if current.is_some() => "updated",
                 None => "registered",
             };
-            let write = if retried.is_some_and(|(_, same)| same) {
-                Write::Confirm
-            } else {
-                Write::Put
-            };
-            failed |= self.put(key, value, lease, verb, write, inputs).await?;
+            failed |= self.put(key, value, lease, verb, inputs).await?;
         }
         Ok(failed)
     }
@@ -348,22 +341,19 @@ impl Registrar {
                 problem,
                 "registration in etcd is wrong; putting it again"
             );
-            failed |= self
-                .put(key, value, lease, "re-registered", Write::Put, inputs)
-                .await?;
+            failed |= self.put(key, value, lease, "re-registered", inputs).await?;
         }
         Ok(failed)
     }
 
-    /// Puts one key under `lease` (with [`Write::Confirm`], only if etcd does not hold
-    /// `value` under `lease` already); `Ok(true)` if etcd refused it.
+    /// Puts one key under `lease`, unless etcd holds `value` under `lease` already;
+    /// `Ok(true)` if etcd refused it.
     async fn put(
         &mut self,
         key: &str,
         value: &str,
         lease: i64,
         verb: &'static str,
-        write: Write,
         inputs: &mut Inputs,
     ) -> Result<bool, Stop> {
         // Until the answer arrives the key may or may not be written; remembering it as
@@ -375,10 +365,7 @@ impl Registrar {
             unconfirmed: Some(verb),
         };
         self.written.insert(key.to_owned(), pending);
-        let outcome = match write {
-            Write::Put => self.send_put(key, value, lease, inputs).await,
-            Write::Confirm => self.send_put_unless_held(key, value, lease, inputs).await,
-        };
+        let outcome = self.send_put_unless_held(key, value, lease, inputs).await;
         match outcome {
             Outcome::Done(()) => {
                 self.orphaned.remove(key);
@@ -406,26 +393,11 @@ impl Registrar {
         }
     }
 
-    async fn send_put(
-        &self,
-        key: &str,
-        value: &str,
-        lease: i64,
-        inputs: &mut Inputs,
-    ) -> Outcome<()> {
-        let (k, v) = (key.to_owned(), value.to_owned());
-        self.request("put", inputs, move |mut c| {
-            let (k, v) = (k.clone(), v.clone());
-            async move {
-                let options = PutOptions::new().with_lease(lease);
-                c.put(k, v, Some(options)).await.map(drop)
-            }
-        })
-        .await
-    }
-
-    /// One transaction: put unless the key holds `value` under `lease` already (a put whose
-    /// answer was lost landed after all), so it is never written twice.
+    /// One transaction: put unless the key holds `value` under `lease` already. A put whose
+    /// answer was lost (abandoned when an input changed) may have landed, or may still land
+    /// after the next one (etcd orders two requests in flight either way): written as this
+    /// transaction, whichever comes second changes nothing, so a registration is never
+    /// written twice.
     async fn send_put_unless_held(
         &self,
         key: &str,
@@ -486,14 +458,6 @@ impl Registrar {
             _ = inputs.stop.cancelled() => Outcome::Stopped,
         }
     }
-}
-
-/// How [`Registrar::put`] writes.
-#[derive(Clone, Copy)]
-enum Write {
-    Put,
-    /// Only if etcd does not hold the value under the lease already.
-    Confirm,
 }
 
 /// Why a pass ended early.
