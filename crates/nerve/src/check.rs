@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -15,7 +16,42 @@ use tokio::net::TcpStream;
 use crate::config::{CheckConfig, ExecCheckConfig, HttpCheckConfig, ServiceConfig, TcpCheckConfig};
 
 /// The result of one check: `Ok` = pass, `Err` = why it failed.
-pub type CheckResult = Result<(), String>;
+pub type CheckResult = Result<(), CheckError>;
+
+/// Why a check failed. Compared by value, so that a check failing the same way round after
+/// round is logged once; its text is the reason shown in logs and `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// No answer within the check's timeout; `output` is what an exec check wrote to stderr
+    /// before it was killed.
+    #[error(
+        "{check}: timed out after {after:?}{}",
+        output.as_deref().map(|o| format!(": {o}")).unwrap_or_default()
+    )]
+    TimedOut {
+        check: String,
+        after: Duration,
+        output: Option<String>,
+    },
+    /// The TCP connection was refused or failed.
+    #[error("connect {addr}: {error}")]
+    Connect { addr: String, error: String },
+    /// The check ran and the answer was wrong (HTTP error or status, body, exit status).
+    #[error("{check}: {detail}")]
+    Failed { check: String, detail: String },
+    /// An exec check could not be started or waited for.
+    #[error("{0}")]
+    CannotRun(String),
+}
+
+impl CheckError {
+    fn failed(check: &str, detail: impl std::fmt::Display) -> CheckError {
+        CheckError::Failed {
+            check: check.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+}
 
 /// The most of a response body read for `expect_body`, so a huge page cannot eat memory.
 const MAX_BODY: usize = 64 * 1024;
@@ -62,7 +98,7 @@ impl Check {
     pub async fn run(&self) -> CheckResult {
         let timeout = self.config.timeout();
         let bounded = |outcome: Result<CheckResult, tokio::time::error::Elapsed>| {
-            outcome.unwrap_or_else(|_| Err(self.timed_out(timeout)))
+            outcome.unwrap_or_else(|_| Err(self.timed_out(timeout, None)))
         };
         match &self.config {
             CheckConfig::Tcp(c) => bounded(tokio::time::timeout(timeout, self.tcp(c)).await),
@@ -73,14 +109,21 @@ impl Check {
         }
     }
 
-    fn timed_out(&self, timeout: Duration) -> String {
-        format!("{}: timed out after {timeout:?}", self.describe())
+    fn timed_out(&self, timeout: Duration, output: Option<String>) -> CheckError {
+        CheckError::TimedOut {
+            check: self.describe(),
+            after: timeout,
+            output,
+        }
     }
 
-    async fn connect(&self, port: u16) -> Result<TcpStream, String> {
+    async fn connect(&self, port: u16) -> Result<TcpStream, CheckError> {
         TcpStream::connect((self.host.as_str(), port))
             .await
-            .map_err(|e| format!("connect {}:{port}: {e}", self.host))
+            .map_err(|e| CheckError::Connect {
+                addr: format!("{}:{port}", self.host),
+                error: e.to_string(),
+            })
     }
 
     async fn tcp(&self, c: &TcpCheckConfig) -> CheckResult {
@@ -94,59 +137,24 @@ impl Check {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("{what}: {e}"))?;
+                .map_err(|e| CheckError::failed(&what, e))?;
         // The connection is driven inside this future rather than in a spawned task, so a
         // timeout drops it (and closes the socket) even against a server that never answers.
         let exchange = async {
-            let host = match &c.host {
-                Some(h) => h.clone(),
-                None if self.host.contains(':') => format!("[{}]:{port}", self.host),
-                None => format!("{}:{port}", self.host),
-            };
-            let mut request = hyper::Request::builder()
-                .method(c.method.as_str())
-                .uri(c.path.as_str())
-                .header(hyper::header::HOST, host)
-                .header(hyper::header::USER_AGENT, "nerve")
-                .header(hyper::header::CONNECTION, "close");
-            for (name, value) in &c.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            let request = request
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("{what}: cannot build the request: {e}"))?;
+            let request = self.request(c, port, &what)?;
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| format!("{what}: {e}"))?;
+                .map_err(|e| CheckError::failed(&what, e))?;
             let status = response.status().as_u16();
             if !c.expect_status.contains(status) {
-                return Err(format!(
-                    "{what}: status {status}, expected {}",
-                    c.expect_status
-                ));
+                let detail = format!("status {status}, expected {}", c.expect_status);
+                return Err(CheckError::failed(&what, detail));
             }
-            if let Some(expected) = &c.expect_body {
-                let mut body = response.into_body();
-                let mut seen = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| format!("{what}: reading the body: {e}"))?;
-                    if let Some(data) = frame.data_ref() {
-                        seen.extend_from_slice(data);
-                    }
-                    if seen.len() >= MAX_BODY {
-                        break;
-                    }
-                }
-                let text = String::from_utf8_lossy(&seen);
-                if !text.contains(expected.as_str()) {
-                    return Err(format!(
-                        "{what}: body does not contain {expected:?} (first {} bytes read)",
-                        seen.len()
-                    ));
-                }
+            match &c.expect_body {
+                Some(expected) => body_contains(&what, response.into_body(), expected).await,
+                None => Ok(()),
             }
-            Ok(())
         };
         tokio::pin!(exchange);
         tokio::pin!(connection);
@@ -155,15 +163,41 @@ impl Check {
             c = &mut connection => match c {
                 // Closed after the whole response arrived: what is buffered still reads.
                 Ok(()) => exchange.await,
-                Err(e) => Err(format!("{what}: {e}")),
+                Err(e) => Err(CheckError::failed(&what, e)),
             },
         }
+    }
+
+    /// The request of an http check against `port`.
+    fn request(
+        &self,
+        c: &HttpCheckConfig,
+        port: u16,
+        what: &str,
+    ) -> Result<hyper::Request<Empty<Bytes>>, CheckError> {
+        let host = match &c.host {
+            Some(h) => h.clone(),
+            None if self.host.contains(':') => format!("[{}]:{port}", self.host),
+            None => format!("{}:{port}", self.host),
+        };
+        let mut request = hyper::Request::builder()
+            .method(c.method.as_str())
+            .uri(c.path.as_str())
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "nerve")
+            .header(hyper::header::CONNECTION, "close");
+        for (name, value) in &c.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CheckError::failed(what, format!("cannot build the request: {e}")))
     }
 
     async fn exec(&self, c: &ExecCheckConfig, timeout: Duration) -> CheckResult {
         let deadline = tokio::time::Instant::now() + timeout;
         let Some((program, args)) = c.command.split_first() else {
-            return Err("exec check without a command".into());
+            return Err(CheckError::CannotRun("exec check without a command".into()));
         };
         let mut child = tokio::process::Command::new(program)
             .args(args)
@@ -179,32 +213,24 @@ impl Check {
             .kill_on_drop(true)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            .map_err(|e| CheckError::CannotRun(format!("cannot run {program:?}: {e}")))?;
         let mut group = KillGroupOnDrop(child.id());
         let mut stderr = Vec::new();
         let mut pipe = child.stderr.take();
         let finished = tokio::time::timeout_at(deadline, async {
             if let Some(pipe) = &mut pipe {
-                // Read chunk by chunk into `stderr` (not `read_to_end` into a buffer of
-                // its own) so that what arrived before the deadline survives the timeout.
-                let mut chunk = [0u8; 4096];
-                // A check that writes more than this is cut, not waited on forever.
-                while stderr.len() < STDERR_LIMIT {
-                    match pipe.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => stderr.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                read_stderr(pipe, &mut stderr).await;
             }
             child.wait().await
         })
         .await;
         let tail = stderr_tail(&stderr);
         let status = match finished {
-            Ok(status) => status.map_err(|e| format!("waiting for {program:?}: {e}"))?,
+            Ok(status) => status
+                .map_err(|e| CheckError::CannotRun(format!("waiting for {program:?}: {e}")))?,
             // `group` and `child` are dropped on return: that kills the check.
-            Err(_) if tail.is_empty() => return Err(self.timed_out(timeout)),
-            Err(_) => return Err(format!("{}: {tail}", self.timed_out(timeout))),
+            Err(_) if tail.is_empty() => return Err(self.timed_out(timeout, None)),
+            Err(_) => return Err(self.timed_out(timeout, Some(tail))),
         };
         // Reaped: its pid, and with it the group id, may now belong to someone else.
         group.0 = None;
@@ -216,9 +242,48 @@ impl Check {
             None => "killed by a signal".into(),
         };
         if tail.is_empty() {
-            Err(format!("{}: {code}", self.describe()))
+            Err(CheckError::failed(&self.describe(), code))
         } else {
-            Err(format!("{}: {code}: {tail}", self.describe()))
+            Err(CheckError::failed(
+                &self.describe(),
+                format!("{code}: {tail}"),
+            ))
+        }
+    }
+}
+
+/// Whether the first [`MAX_BODY`] bytes of `body` contain `expected`.
+async fn body_contains(what: &str, mut body: Incoming, expected: &str) -> CheckResult {
+    let mut seen = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| CheckError::failed(what, format!("reading the body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen.extend_from_slice(data);
+        }
+        if seen.len() >= MAX_BODY {
+            break;
+        }
+    }
+    if String::from_utf8_lossy(&seen).contains(expected) {
+        return Ok(());
+    }
+    let detail = format!(
+        "body does not contain {expected:?} (first {} bytes read)",
+        seen.len()
+    );
+    Err(CheckError::failed(what, detail))
+}
+
+/// Reads an exec check's stderr chunk by chunk into `stderr` (not `read_to_end` into a
+/// buffer of its own) so that what arrived before the deadline survives the timeout; stops
+/// at EOF or [`STDERR_LIMIT`] (a check that writes more is cut, not waited on forever).
+async fn read_stderr(pipe: &mut tokio::process::ChildStderr, stderr: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    while stderr.len() < STDERR_LIMIT {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => stderr.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -259,15 +324,6 @@ pub async fn run_all(checks: &[Check]) -> CheckResult {
     let results = futures::future::join_all(checks.iter().map(Check::run)).await;
     results
         .into_iter()
-        .collect::<Result<Vec<()>, String>>()
+        .collect::<Result<Vec<()>, CheckError>>()
         .map(drop)
-}
-
-/// The upper bound of one round, for callers that must not wait longer.
-pub fn round_timeout(checks: &[Check]) -> Duration {
-    checks
-        .iter()
-        .map(|c| c.config.timeout())
-        .max()
-        .unwrap_or(Duration::ZERO)
 }

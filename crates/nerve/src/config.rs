@@ -468,7 +468,7 @@ impl ServiceConfig {
 
     fn validate(&self, at: &str) -> Result<(), FieldError> {
         let key = |k: &str| format!("{at}.{k}");
-        registry::key::validate_segment("service name", &self.name)
+        registry::key::check_segment("service name", &self.name)
             .map_err(|m| FieldError::new(key("name"), m))?;
         if self.host.is_empty()
             || self
@@ -484,7 +484,7 @@ impl ServiceConfig {
         if self.port == 0 {
             return Err(FieldError::new(key("port"), "must be from 1 to 65535"));
         }
-        registry::key::validate_segment("instance_id", &self.instance_id())
+        registry::key::check_segment("instance_id", &self.instance_id())
             .map_err(|m| FieldError::new(key("instance_id"), m))?;
         if self.check_interval.get() < Duration::from_millis(10) {
             return Err(FieldError::new(
@@ -613,7 +613,8 @@ impl Validate for NerveConfig {
                 return Err(FieldError::new(
                     format!("{at}.instance_id"),
                     format!(
-                        "service {:?} instance {:?} is already defined by services[{first}]; give one of them another instance_id",
+                        "service {:?} instance {:?} is already defined by services[{first}]; give one of them \
+                        another instance_id",
                         id.0, id.1
                     ),
                 ));
@@ -715,7 +716,8 @@ services:
     labels: {version: "2"}
     maintenance_file: /run/web.down
     checks:
-      - {type: http, path: /health, method: HEAD, host: web.internal, headers: {X-A: b}, expect_status: [200, "300-302"], expect_body: ok, timeout: 500ms}
+      - {type: http, path: /health, method: HEAD, host: web.internal, headers: {X-A: b},
+         expect_status: [200, "300-302"], expect_body: ok, timeout: 500ms}
       - {type: exec, command: [/bin/true], timeout: 2s}
       - {type: tcp, port: 9090}
 "#);
@@ -760,7 +762,8 @@ services:
             )
         };
         let check = |c: &str| {
-            format!("etcd: {{endpoints: [\"http://127.0.0.1:2379\"]}}\nservices:\n  - {{name: web, host: h, port: 80, checks: [{c}]}}\n")
+            format!("etcd: {{endpoints: [\"http://127.0.0.1:2379\"]}}\nservices:\n  - {{name: web, host: h, port: \
+                80, checks: [{c}]}}\n")
         };
         let cases: Vec<(String, &str, &str)> = vec![
             (format!("{MINIMAL}colour: red\n"), "colour", "unknown field"),
@@ -782,14 +785,23 @@ services:
                 "missing field `checks`",
             ),
             (
-                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, host: h, port: 80, checks: []}]".into(),
+                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, host: h, port: 80, checks: \
+                []}]".into(),
                 "services[0].checks",
                 "at least one check",
             ),
             (check("{type: ping}"), "services[0].checks[0].type", "unknown variant `ping`"),
-            (check("{type: tcp, colour: red}"), "services[0].checks[0].colour", "unknown field `colour` for a tcp check"),
+            (
+                check("{type: tcp, colour: red}"),
+                "services[0].checks[0].colour",
+                "unknown field `colour` for a tcp check",
+            ),
             (check("{colour: red, type: tcp}"), "services[0].checks[0].colour", "unknown field `colour`"),
-            (check("{type: tcp, command: [x]}"), "services[0].checks[0].command", "unknown field `command` for a tcp check"),
+            (
+                check("{type: tcp, command: [x]}"),
+                "services[0].checks[0].command",
+                "unknown field `command` for a tcp check",
+            ),
             // Written before `type`, it could only be rejected once the type was known.
             (check("{command: [x], type: tcp}"), "services[0].checks[0]", "unknown field `command` for a tcp check"),
             (check("{port: 80}"), "services[0].checks[0]", "missing field `type`"),
@@ -800,9 +812,17 @@ services:
             (check("{type: exec, command: /bin/true}"), "services[0].checks[0].command", "invalid type"),
             (check("{type: http, path: health}"), "services[0].checks[0].path", "request path"),
             (check("{type: http, method: \"G T\"}"), "services[0].checks[0].method", "HTTP method"),
-            (check("{type: http, expect_status: 700}"), "services[0].checks[0].expect_status", "700 is not an HTTP status code"),
+            (
+                check("{type: http, expect_status: 700}"),
+                "services[0].checks[0].expect_status",
+                "700 is not an HTTP status code",
+            ),
             (check("{type: http, expect_status: \"399-200\"}"), "services[0].checks[0].expect_status", "empty"),
-            (check("{type: http, expect_status: [200, ok]}"), "services[0].checks[0].expect_status[1]", "not a status code"),
+            (
+                check("{type: http, expect_status: [200, ok]}"),
+                "services[0].checks[0].expect_status[1]",
+                "not a status code",
+            ),
             (check("{type: http, headers: {\"a b\": c}}"), "services[0].checks[0].headers.a b", "header name"),
             (check("{type: http, headers: [X-A]}"), "services[0].checks[0].headers", "invalid type"),
             (check("{type: http, headers: {X-A: [b]}}"), "services[0].checks[0].headers.X-A", "invalid type"),
@@ -813,7 +833,8 @@ services:
             (check("{type: tcp, port: 70000}"), "services[0].checks[0].port", "invalid value: integer `70000`"),
             (check("{type: http, port: 0}"), "services[0].checks[0].port", "1 to 65535"),
             (
-                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n".into(),
+                "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, \
+                checks: [{type: tcp}]}\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n".into(),
                 "services[1].instance_id",
                 "already defined by services[0]",
             ),
@@ -830,7 +851,8 @@ services:
 
     #[test]
     fn the_same_service_may_have_several_instances() {
-        let c = ok("etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, checks: [{type: tcp}]}\n  - {name: web, host: h, port: 81, checks: [{type: tcp}]}\n");
+        let c = ok("etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices:\n  - {name: web, host: h, port: 80, \
+            checks: [{type: tcp}]}\n  - {name: web, host: h, port: 81, checks: [{type: tcp}]}\n");
         assert_eq!(c.services.len(), 2);
     }
 }

@@ -91,7 +91,11 @@ mod tests {
         /// Healthy after a step exactly when the last `rise` results were passes (coming
         /// from unhealthy) or the last `fall` were not all failures (coming from healthy).
         #[test]
-        fn state_follows_the_trailing_run(results in proptest::collection::vec(any::<bool>(), 0..60), rise in 1u32..6, fall in 1u32..6) {
+        fn state_follows_the_trailing_run(
+            results in proptest::collection::vec(any::<bool>(), 0..60),
+            rise in 1u32..6,
+            fall in 1u32..6,
+        ) {
             let mut h = Health::default();
             for (i, &r) in results.iter().enumerate() {
                 let before = h;
@@ -112,7 +116,11 @@ mod tests {
 
         /// Never healthy before `rise` passes in a row have been seen.
         #[test]
-        fn never_healthy_without_rise_consecutive_passes(results in proptest::collection::vec(any::<bool>(), 0..60), rise in 1u32..6, fall in 1u32..6) {
+        fn never_healthy_without_rise_consecutive_passes(
+            results in proptest::collection::vec(any::<bool>(), 0..60),
+            rise in 1u32..6,
+            fall in 1u32..6,
+        ) {
             let states = run(&results, rise, fall);
             for (i, s) in states.iter().enumerate() {
                 if s.healthy {
@@ -129,7 +137,12 @@ mod tests {
         /// `fall` failures in a row always end unhealthy; `rise` passes in a row always end
         /// healthy, whatever came before.
         #[test]
-        fn runs_of_rise_or_fall_decide(prefix in proptest::collection::vec(any::<bool>(), 0..30), rise in 1u32..6, fall in 1u32..6, pass in any::<bool>()) {
+        fn runs_of_rise_or_fall_decide(
+            prefix in proptest::collection::vec(any::<bool>(), 0..30),
+            rise in 1u32..6,
+            fall in 1u32..6,
+            pass in any::<bool>(),
+        ) {
             let mut results = prefix;
             let n = if pass { rise } else { fall };
             results.extend(std::iter::repeat_n(pass, n as usize));
@@ -139,7 +152,11 @@ mod tests {
 
         /// Transitions alternate: never two BecameHealthy without a BecameUnhealthy between.
         #[test]
-        fn transitions_alternate(results in proptest::collection::vec(any::<bool>(), 0..60), rise in 1u32..6, fall in 1u32..6) {
+        fn transitions_alternate(
+            results in proptest::collection::vec(any::<bool>(), 0..60),
+            rise in 1u32..6,
+            fall in 1u32..6,
+        ) {
             let mut h = Health::default();
             let mut last = Transition::BecameUnhealthy;
             for &r in &results {

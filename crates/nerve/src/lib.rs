@@ -17,14 +17,16 @@
 //! Operators' documentation is `docs/nerve.md`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod check;
+// Private unless something outside needs them: `config` is `main.rs`'s (`config::load`)
+// and the tests'; what else they use is re-exported below.
+mod admin;
+mod check;
 pub mod config;
-pub mod health;
-pub mod monitor;
-pub mod registrar;
-pub mod reload;
-pub mod state;
+mod health;
+mod monitor;
+mod registrar;
+mod reload;
+mod state;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,11 +39,79 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::NerveConfig;
+pub use check::{run_all, Check, CheckError, CheckResult};
+pub use config::{NerveConfig, ServiceConfig};
+pub use reload::Plan;
 pub use state::InstanceStatus;
 
 use monitor::Monitor;
 use state::{InstanceId, Shared};
+
+/// Why [`Nerve::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin address cannot be bound (in use, not local).
+    #[error("{source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why [`Nerve::reload`] was rejected; nothing was changed then.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new admin address cannot be bound (port in use, the same port on another IP).
+    #[error("cannot bind the new admin address {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`Nerve::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The lease revoked (which deleted every registration at once); `None` when there was
+    /// none or etcd did not answer in time: the keys, if any, expire with the lease TTL.
+    pub revoked: Option<i64>,
+}
+
+/// A running admin API: stopped by [`AdminServer::stop`], or by dropping it (a server bound
+/// by a reload's prepare step that is then not committed).
+struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    async fn bind(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<AdminServer> {
+        let stop = CancellationToken::new();
+        let (addr, task) = admin::serve(addr, shared.clone(), stop.clone()).await?;
+        Ok(AdminServer {
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Stops it; its port is closed when this returns.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
 
 /// A running nerve. Start it with [`Nerve::start`], stop it with [`Nerve::shutdown`].
 pub struct Nerve {
@@ -51,13 +121,21 @@ pub struct Nerve {
     /// Stops the monitors.
     checks_stop: CancellationToken,
     registrar_stop: CancellationToken,
-    /// The admin API outlives the registrar so `/status` answers during `shutdown_delay`.
-    admin_stop: CancellationToken,
     registrar: JoinHandle<()>,
     lease: Lease,
-    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Outlives the registrar so `/status` answers during `shutdown_delay`.
+    admin: Option<AdminServer>,
     /// The registrar reads its reconcile interval from here, so a reload can change it.
     reconcile_interval: watch::Sender<Duration>,
+}
+
+/// A reload with everything that can fail done, nothing running changed yet: what
+/// [`Nerve::commit`] needs to apply it without any step that can fail.
+struct Prepared {
+    plan: Plan,
+    config: NerveConfig,
+    /// `Some(new)` when the admin address changes: the new server, bound and serving.
+    admin: Option<Option<AdminServer>>,
 }
 
 /// Starts a lease on a new handle for `config.etcd` and a registrar writing under it.
@@ -76,7 +154,11 @@ fn start_registrar(
         config.reconcile_interval.get(),
     )
     .with_reconcile_interval(reconcile_interval);
-    let task = tokio::spawn(registrar.run(stop.clone()));
+    let span = tracing::info_span!("registrar", prefix = %config.etcd.prefix);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        registrar.run(stop.clone()),
+        span,
+    ));
     (lease, task, stop)
 }
 
@@ -84,12 +166,16 @@ impl Nerve {
     /// Starts checking, registering and (if configured) serving the admin API. Returns as
     /// soon as everything runs, also while etcd is unreachable: registration then happens
     /// when it comes back. Fails only if the admin address cannot be bound.
-    pub async fn start(config: NerveConfig) -> std::io::Result<Nerve> {
+    pub async fn start(config: NerveConfig) -> Result<Nerve, StartError> {
         let shared = Arc::new(Shared::new(&config.etcd.prefix));
-        let admin_stop = CancellationToken::new();
         let checks_stop = CancellationToken::new();
         let admin = match config.admin {
-            Some(addr) => Some(admin::serve(addr.0, shared.clone(), admin_stop.clone()).await?),
+            Some(addr) => Some(AdminServer::bind(addr.0, &shared).await.map_err(|source| {
+                StartError::AdminBind {
+                    addr: addr.0,
+                    source,
+                }
+            })?),
             None => None,
         };
         let (reconcile_interval, reconcile_rx) = watch::channel(config.reconcile_interval.get());
@@ -116,7 +202,6 @@ impl Nerve {
             monitors,
             checks_stop,
             registrar_stop,
-            admin_stop,
             registrar,
             lease,
             admin,
@@ -126,7 +211,7 @@ impl Nerve {
 
     /// The address the admin API listens on (with port 0 in the config, the real port).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(a, _)| *a)
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The configuration in force.
@@ -145,14 +230,53 @@ impl Nerve {
     }
 
     /// Applies a new (already validated) configuration: see [`reload`]. Returns the plan
-    /// that was carried out, or the error binding a new admin address, in which case
-    /// nothing was changed.
-    pub async fn reload(&mut self, new: NerveConfig) -> std::io::Result<reload::Plan> {
+    /// that was carried out, or why it was rejected, in which case nothing was changed:
+    /// everything that can fail happens in [`Nerve::prepare`], before anything running is
+    /// touched, and [`Nerve::commit`] cannot fail.
+    pub async fn reload(&mut self, new: NerveConfig) -> Result<Plan, ReloadError> {
+        let prepared = match self.prepare(new).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected, keeping the running configuration");
+                return Err(e);
+            }
+        };
+        Ok(self.commit(prepared).await)
+    }
+
+    /// The fallible half of a reload: plans it and binds a new admin address. Changes
+    /// nothing that runs (a bound server is stopped again if the reload is dropped).
+    async fn prepare(&self, new: NerveConfig) -> Result<Prepared, ReloadError> {
         let plan = reload::diff(&self.config, &new);
-        // The admin address first: it is the only step that can fail, and failing before
-        // anything else changed keeps "rejected" meaning "the old configuration runs".
-        if let Some(admin) = &plan.admin {
-            self.move_admin(*admin).await?;
+        let admin = match plan.admin {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(addr)) => {
+                let bound = AdminServer::bind(addr.0, &self.shared)
+                    .await
+                    .map_err(|source| ReloadError::AdminBind {
+                        addr: addr.0,
+                        source,
+                    })?;
+                Some(Some(bound))
+            }
+        };
+        Ok(Prepared {
+            plan,
+            config: new,
+            admin,
+        })
+    }
+
+    /// The infallible half of a reload: carries out a prepared plan.
+    async fn commit(&mut self, prepared: Prepared) -> Plan {
+        let Prepared {
+            plan,
+            config: new,
+            admin,
+        } = prepared;
+        if let Some(admin) = admin {
+            self.replace_admin(admin).await;
         }
         let moving = plan.move_registrations;
         if moving {
@@ -164,36 +288,7 @@ impl Nerve {
                 self.shared.set_prefix(&new.etcd.prefix);
             }
         }
-        for id in &plan.remove {
-            if let Some(m) = self.monitors.remove(id) {
-                m.stop().await;
-            }
-            self.shared.remove(id);
-            tracing::info!(service = %id.0, instance = %id.1, "removed by reload");
-        }
-        for service in &plan.update {
-            let id = (service.name.clone(), service.instance_id());
-            if let Some(m) = self.monitors.get(&id) {
-                if m.update(&self.shared, service.clone()) {
-                    tracing::info!(
-                        service = %id.0,
-                        instance = %id.1,
-                        host = %service.host,
-                        port = service.port,
-                        rise = service.rise,
-                        "address changed by reload: deregistered until it passes rise checks at the new address"
-                    );
-                } else {
-                    tracing::info!(service = %id.0, instance = %id.1, "changed by reload");
-                }
-            }
-        }
-        for service in &plan.add {
-            let id = (service.name.clone(), service.instance_id());
-            tracing::info!(service = %id.0, instance = %id.1, "added by reload");
-            let monitor = Monitor::spawn(self.shared.clone(), service.clone(), &self.checks_stop);
-            self.monitors.insert(id, monitor);
-        }
+        self.apply_instances(&plan).await;
         if let Some(every) = plan.reconcile_interval {
             self.reconcile_interval.send_replace(every);
             tracing::info!(
@@ -213,33 +308,57 @@ impl Nerve {
             moved = moving,
             "configuration reloaded"
         );
-        Ok(plan)
+        plan
     }
 
-    /// Binds `new` (if any) and only then stops the old admin server.
-    async fn move_admin(&mut self, new: Option<config::ListenAddr>) -> std::io::Result<()> {
-        let stop = CancellationToken::new();
-        let bound = match new {
-            Some(addr) => match admin::serve(addr.0, self.shared.clone(), stop.clone()).await {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    tracing::error!(
-                        addr = %addr.0,
-                        error = %e,
-                        "reload rejected, keeping the running configuration: cannot bind the new admin address"
-                    );
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
-        std::mem::replace(&mut self.admin_stop, stop).cancel();
-        if let Some((old, task)) = std::mem::replace(&mut self.admin, bound) {
-            // Awaited so that the old port is closed when the reload returns.
-            let _ = task.await;
-            tracing::info!(%old, "old admin API stopped");
+    /// Stops the monitors of removed instances, updates changed ones, starts added ones.
+    /// Each line is logged in the instance's span, which names it.
+    async fn apply_instances(&mut self, plan: &Plan) {
+        for id in &plan.remove {
+            if let Some(m) = self.monitors.remove(id) {
+                m.span().in_scope(|| tracing::info!("removed by reload"));
+                m.stop().await;
+            }
+            self.shared.remove(id);
         }
-        Ok(())
+        for service in &plan.update {
+            let id = (service.name.clone(), service.instance_id());
+            let Some(m) = self.monitors.get(&id) else {
+                continue;
+            };
+            let moved = m.update(&self.shared, service.clone());
+            m.span().in_scope(|| {
+                if moved {
+                    tracing::info!(
+                        host = %service.host,
+                        port = service.port,
+                        rise = service.rise,
+                        "address changed by reload: deregistered until it passes rise checks \
+                         at the new address"
+                    );
+                } else {
+                    tracing::info!("changed by reload");
+                }
+            });
+        }
+        for service in &plan.add {
+            let id = (service.name.clone(), service.instance_id());
+            let monitor = Monitor::spawn(self.shared.clone(), service.clone(), &self.checks_stop);
+            monitor
+                .span()
+                .in_scope(|| tracing::info!("added by reload"));
+            self.monitors.insert(id, monitor);
+        }
+    }
+
+    /// Puts the new admin server (already bound) in place and stops the old one.
+    async fn replace_admin(&mut self, new: Option<AdminServer>) {
+        if let Some(old) = std::mem::replace(&mut self.admin, new) {
+            let addr = old.addr;
+            // Awaited so that the old port is closed when the reload returns.
+            old.stop().await;
+            tracing::info!(old = %addr, "old admin API stopped");
+        }
     }
 
     /// Puts every wanted registration under a new lease on a handle built from `new`, then
@@ -256,30 +375,15 @@ impl Nerve {
             lease_ttl = %new.lease_ttl,
             "etcd settings changed: registering everything under a new lease before releasing the old one"
         );
-        // Enough for a reachable cluster to connect, grant and take the puts; waiting longer
-        // would only delay the reload (and a SIGTERM behind it) while the old lease still
-        // holds the registrations.
         let e = &new.etcd;
-        let deadline =
-            tokio::time::Instant::now() + 2 * (e.dial_timeout.get() + e.request_timeout.get());
-        let moved = loop {
-            let current = self.lease.current();
-            if current.is_some_and(|id| self.shared.all_registered_under(id)) {
-                break true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break false;
-            }
-            // The registrar reports to `shared` without a signal to wait on; polling at a
-            // short period until the deadline keeps this simple.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if moved {
-            tracing::info!(lease = ?self.lease.current(), "every registration is written under the new lease");
+        if self.wait_all_registered(e).await {
+            let lease = self.lease.current();
+            tracing::info!(?lease, "every registration is written under the new lease");
         } else {
             tracing::error!(
                 endpoints = ?e.endpoints,
-                "the new etcd did not take every registration in time; they keep being retried there, and the old lease is released anyway"
+                "the new etcd did not take every registration in time; they keep being retried there, \
+                 and the old lease is released anyway"
             );
         }
         let old = &self.config.etcd;
@@ -292,8 +396,30 @@ impl Nerve {
         }
     }
 
+    /// Waits until every wanted registration is written under the lease in force; false if
+    /// that took longer than `2 × (dial_timeout + request_timeout)` of `etcd` (the new
+    /// settings): enough for a reachable cluster to connect, grant and take the puts;
+    /// waiting longer would only delay the reload (and a SIGTERM behind it) while the old
+    /// lease still holds the registrations.
+    async fn wait_all_registered(&self, etcd: &registry::EtcdConfig) -> bool {
+        let bound = 2 * (etcd.dial_timeout.get() + etcd.request_timeout.get());
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let current = self.lease.current();
+            if current.is_some_and(|id| self.shared.all_registered_under(id)) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // The registrar reports to `shared` without a signal to wait on; polling at a
+            // short period until the deadline keeps this simple.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Deregisters everything with one lease revoke, waits `shutdown_delay`, and stops.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> ShutdownReport {
         self.checks_stop.cancel();
         for (_, m) in self.monitors {
             m.stop().await;
@@ -303,7 +429,8 @@ impl Nerve {
         let _ = self.registrar.await;
         let etcd = &self.config.etcd;
         let deadline = etcd.request_timeout.get() + etcd.dial_timeout.get();
-        match self.lease.revoke(deadline).await {
+        let revoked = self.lease.revoke(deadline).await;
+        match revoked {
             Some(id) => tracing::info!(lease = id, "deregistered everything"),
             None => {
                 tracing::info!("nothing revoked; registrations, if any, expire with the lease TTL")
@@ -314,10 +441,10 @@ impl Nerve {
             tracing::info!(%delay, "waiting shutdown_delay before exiting");
             tokio::time::sleep(delay.get()).await;
         }
-        self.admin_stop.cancel();
-        if let Some((_, task)) = self.admin {
-            let _ = task.await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
         }
         tracing::info!("nerve stopped");
+        ShutdownReport { revoked }
     }
 }

@@ -7,15 +7,19 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::check::{self, Check};
+use crate::check::CheckResult;
+use crate::check::{self, Check, CheckError};
 use crate::config::ServiceConfig;
-use crate::health::Transition;
+use crate::health::{Health, Transition};
 use crate::state::{InstanceId, Shared};
 
 /// A running monitor; dropping it does not stop it, [`Monitor::stop`] does.
 pub struct Monitor {
     spec: watch::Sender<ServiceConfig>,
+    /// Names the instance (`service`, `instance`) on every line logged about it.
+    span: tracing::Span,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -28,11 +32,18 @@ impl Monitor {
         parent: &CancellationToken,
     ) -> Monitor {
         shared.upsert(&service);
+        // Every line the task logs names the instance once, through this span.
+        let span = tracing::info_span!(
+            "monitor",
+            service = %service.name,
+            instance = %service.instance_id()
+        );
         let (spec_tx, spec_rx) = watch::channel(service);
         let stop = parent.child_token();
-        let task = tokio::spawn(run(shared, spec_rx, stop.clone()));
+        let task = tokio::spawn(run(shared, spec_rx, stop.clone()).instrument(span.clone()));
         Monitor {
             spec: spec_tx,
+            span,
             stop,
             task,
         }
@@ -45,6 +56,11 @@ impl Monitor {
         let moved = shared.upsert(&service);
         self.spec.send_replace(service);
         moved
+    }
+
+    /// The instance's span, for lines about it logged outside its task (reloads).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     pub async fn stop(self) {
@@ -71,7 +87,7 @@ async fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The failure reason last logged while unhealthy: a check that keeps failing the
         // same way, or flaps below `rise`, is logged once, not once per round.
-        let mut logged_failure: Option<String> = None;
+        let mut logged_failure: Option<CheckError> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -90,44 +106,57 @@ async fn run(
                 }
                 _ = stop.cancelled() => return,
             };
-            let in_file_maintenance = match &service.maintenance_file {
-                Some(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
-                None => false,
-            };
-            if in_file_maintenance != file_maintenance {
-                file_maintenance = in_file_maintenance;
-                let file = service
-                    .maintenance_file
-                    .as_deref()
-                    .map(|p| p.display().to_string());
-                if file_maintenance {
-                    tracing::info!(service = %id.0, instance = %id.1, file, "maintenance file present: deregistering");
-                } else {
-                    tracing::info!(service = %id.0, instance = %id.1, file, "maintenance file gone: back to health checks");
-                }
-            }
+            file_maintenance = watch_maintenance_file(&service, file_maintenance).await;
             let before = shared.health(&id);
             let (after, transition) = before.step(result.is_ok(), service.rise, service.fall);
             shared.report(&id, &service, after, &result, file_maintenance);
-            match (transition, &result) {
-                (Some(Transition::BecameHealthy), _) => {
-                    tracing::info!(service = %id.0, instance = %id.1, passes = after.passes, "healthy");
-                }
-                (Some(Transition::BecameUnhealthy), Err(reason)) => {
-                    tracing::warn!(service = %id.0, instance = %id.1, failures = after.failures, %reason, "unhealthy");
-                    logged_failure = Some(reason.clone());
-                }
-                // A new instance that never passes would otherwise never say why.
-                (None, Err(reason))
-                    if !after.healthy && logged_failure.as_ref() != Some(reason) =>
-                {
-                    tracing::info!(service = %id.0, instance = %id.1, %reason, "not healthy: check failing");
-                    logged_failure = Some(reason.clone());
-                }
-                _ => {
-                    tracing::debug!(service = %id.0, instance = %id.1, ?result, "check");
-                }
-            }
+            log_round(transition, after, &result, &mut logged_failure);
+        }
+    }
+}
+
+/// Whether the instance's maintenance file exists now; logs a change from `before`.
+async fn watch_maintenance_file(service: &ServiceConfig, before: bool) -> bool {
+    let now = match &service.maintenance_file {
+        Some(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
+        None => false,
+    };
+    if now != before {
+        let file = service
+            .maintenance_file
+            .as_deref()
+            .map(|p| p.display().to_string());
+        if now {
+            tracing::info!(file, "maintenance file present: deregistering");
+        } else {
+            tracing::info!(file, "maintenance file gone: back to health checks");
+        }
+    }
+    now
+}
+
+/// One line per change of state; a failure reason is logged once while it stays the same.
+fn log_round(
+    transition: Option<Transition>,
+    after: Health,
+    result: &CheckResult,
+    logged_failure: &mut Option<CheckError>,
+) {
+    match (transition, result) {
+        (Some(Transition::BecameHealthy), _) => {
+            tracing::info!(passes = after.passes, "healthy");
+        }
+        (Some(Transition::BecameUnhealthy), Err(reason)) => {
+            tracing::warn!(failures = after.failures, %reason, "unhealthy");
+            *logged_failure = Some(reason.clone());
+        }
+        // A new instance that never passes would otherwise never say why.
+        (None, Err(reason)) if !after.healthy && logged_failure.as_ref() != Some(reason) => {
+            tracing::info!(%reason, "not healthy: check failing");
+            *logged_failure = Some(reason.clone());
+        }
+        _ => {
+            tracing::debug!(?result, "check");
         }
     }
 }

@@ -3,8 +3,12 @@
 //! It follows three inputs: the wanted set ([`crate::state::Desired`]), the lease id in force
 //! ([`registry::lease`]) and a reconcile timer. It remembers what it wrote (key, value, lease)
 //! and writes only differences, so an unchanged registration is never re-written and its
-//! `mod_revision` stays. When the lease changes (lost and re-granted), everything wanted is
-//! put again under the new one, and what was written under the old one but is no longer
+//! `mod_revision` stays. A put abandoned before its answer came (an input changed while it
+//! was in flight, as when instances turn healthy one after another at start) may have
+//! landed, or may land later: every put is a transaction that writes only if etcd does not
+//! hold that value under that lease already, so it is never written twice. When the lease changes
+//! (lost and re-granted), everything wanted is put again under the new one, and what was
+//! written under the old one but is no longer
 //! wanted is deleted explicitly (a restarted etcd renews old leases), also while there is no
 //! lease yet. Once everything is under the new lease it says so ([`LeaseHandle::settled`]),
 //! so the old lease can be revoked without taking live keys along. Every
@@ -20,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use registry::lease::{is_lease_not_found, LeaseHandle};
 use registry::Etcd;
 use tokio::sync::watch;
@@ -32,9 +36,19 @@ use crate::state::{Desired, Shared};
 /// What we know about a key we wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
-    /// `None`: a put was started but its outcome is unknown (abandoned mid-way).
-    value: Option<String>,
+    value: String,
     lease: i64,
+    /// `Some(verb)`: a put of `value` under `lease` was sent but its answer never came (the
+    /// request was abandoned because an input changed), so etcd may or may not hold it, and
+    /// nothing was logged yet; `verb` is what the put will be logged as once it is confirmed.
+    unconfirmed: Option<&'static str>,
+}
+
+impl Written {
+    /// Known to hold `value` (under the lease the caller keeps entries for).
+    fn holds(&self, value: &str) -> bool {
+        self.unconfirmed.is_none() && self.value == value
+    }
 }
 
 pub struct Registrar {
@@ -114,24 +128,14 @@ impl Registrar {
         loop {
             let lease = *inputs.lease.borrow_and_update();
             let desired = inputs.desired.borrow_and_update().clone();
-            let result = match lease {
-                None => self.without_lease(&desired, &mut inputs).await,
-                Some(lease) => {
-                    let r = self.sync(lease, &desired, reconcile_due, &mut inputs).await;
-                    if r.is_ok() {
-                        // Everything is under `lease` now: older leases may go.
-                        self.lease.settled(lease);
-                        if reconcile_due {
-                            reconcile_due = false;
-                            next_reconcile = Instant::now() + self.interval();
-                        }
-                    }
-                    r
-                }
-            };
+            let result = self.pass(lease, &desired, reconcile_due, &mut inputs).await;
             self.publish(lease);
             let retry_in = match result {
-                Ok(()) => {
+                Ok(reconciled) => {
+                    if reconciled {
+                        reconcile_due = false;
+                        next_reconcile = Instant::now() + self.interval();
+                    }
                     backoff.reset();
                     None
                 }
@@ -139,15 +143,34 @@ impl Registrar {
                 Err(Stop::Interrupted) => continue,
                 Err(Stop::Failed) => Some(backoff.next_delay()),
             };
+            let retry = retry_in.unwrap_or(Duration::MAX / 4);
             tokio::select! {
                 // A closed channel disables its branch instead of spinning.
                 Ok(()) = inputs.desired.changed() => {}
                 Ok(()) = inputs.lease.changed() => {}
                 _ = tokio::time::sleep_until(next_reconcile) => reconcile_due = true,
-                _ = tokio::time::sleep(retry_in.unwrap_or(Duration::MAX / 4)), if retry_in.is_some() => {}
+                _ = tokio::time::sleep(retry), if retry_in.is_some() => {}
                 _ = inputs.stop.cancelled() => return,
             }
         }
+    }
+
+    /// One pass with the inputs as they are now. `Ok(true)` when a due reconcile was done.
+    async fn pass(
+        &mut self,
+        lease: Option<i64>,
+        desired: &Desired,
+        reconcile_due: bool,
+        inputs: &mut Inputs,
+    ) -> Result<bool, Stop> {
+        let Some(lease) = lease else {
+            self.without_lease(desired, inputs).await?;
+            return Ok(false);
+        };
+        self.sync(lease, desired, reconcile_due, inputs).await?;
+        // Everything is under `lease` now: older leases may go.
+        self.lease.settled(lease);
+        Ok(reconcile_due)
     }
 
     /// Without a lease nothing we wrote can be assumed to exist, nor assumed gone. A delete
@@ -172,7 +195,7 @@ impl Registrar {
         let keys: BTreeSet<String> = self
             .written
             .iter()
-            .filter(|(_, w)| Some(w.lease) == lease && w.value.is_some())
+            .filter(|(_, w)| Some(w.lease) == lease && w.unconfirmed.is_none())
             .map(|(k, _)| k.clone())
             .collect();
         self.shared.set_registered(lease, keys);
@@ -218,15 +241,15 @@ impl Registrar {
         let mut failed = false;
         for (key, value) in desired {
             let current = self.written.get(key);
-            if current.is_some_and(|w| w.value.as_deref() == Some(value.as_str())) {
+            if current.is_some_and(|w| w.holds(value)) {
                 continue;
             }
-            let verb = if self.orphaned.contains(key) {
-                "re-registered under the new lease"
-            } else if current.is_some() {
-                "updated"
-            } else {
-                "registered"
+            let verb = match current.and_then(|w| w.unconfirmed) {
+                // Nothing was logged for the abandoned put: it keeps its verb.
+                Some(verb) => verb,
+                None if self.orphaned.contains(key) => "re-registered under the new lease",
+                None if current.is_some() => "updated",
+                None => "registered",
             };
             failed |= self.put(key, value, lease, verb, inputs).await?;
         }
@@ -323,7 +346,8 @@ impl Registrar {
         Ok(failed)
     }
 
-    /// Puts one key under `lease`; `Ok(true)` if etcd refused it.
+    /// Puts one key under `lease`, unless etcd holds `value` under `lease` already;
+    /// `Ok(true)` if etcd refused it.
     async fn put(
         &mut self,
         key: &str,
@@ -333,26 +357,24 @@ impl Registrar {
         inputs: &mut Inputs,
     ) -> Result<bool, Stop> {
         // Until the answer arrives the key may or may not be written; remembering it as
-        // unknown makes a later pass delete it if it is no longer wanted.
-        self.written
-            .insert(key.to_owned(), Written { value: None, lease });
-        let (k, v) = (key.to_owned(), value.to_owned());
-        let outcome = self
-            .request("put", inputs, move |mut c| {
-                let (k, v) = (k.clone(), v.clone());
-                async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
-            })
-            .await;
+        // unconfirmed makes a later pass delete it if it is no longer wanted, and confirm
+        // rather than re-write it if it still is.
+        let pending = Written {
+            value: value.to_owned(),
+            lease,
+            unconfirmed: Some(verb),
+        };
+        self.written.insert(key.to_owned(), pending);
+        let outcome = self.send_put_unless_held(key, value, lease, inputs).await;
         match outcome {
-            Outcome::Done(_) => {
+            Outcome::Done(()) => {
                 self.orphaned.remove(key);
-                self.written.insert(
-                    key.to_owned(),
-                    Written {
-                        value: Some(value.to_owned()),
-                        lease,
-                    },
-                );
+                let done = Written {
+                    value: value.to_owned(),
+                    lease,
+                    unconfirmed: None,
+                };
+                self.written.insert(key.to_owned(), done);
                 tracing::info!(key, lease, "{verb}");
                 Ok(false)
             }
@@ -368,6 +390,51 @@ impl Registrar {
             }
             Outcome::Interrupted => Err(Stop::Interrupted),
             Outcome::Stopped => Err(Stop::Stopped),
+        }
+    }
+
+    /// One transaction: put unless the key holds `value` under `lease` already. A put whose
+    /// answer was lost (abandoned when an input changed) may have landed, or may still land
+    /// after the next one (etcd orders two requests in flight either way): written as this
+    /// transaction, whichever comes second changes nothing, so a registration is never
+    /// written twice.
+    async fn send_put_unless_held(
+        &self,
+        key: &str,
+        value: &str,
+        lease: i64,
+        inputs: &mut Inputs,
+    ) -> Outcome<()> {
+        let (k, v) = (key.to_owned(), value.to_owned());
+        let outcome = self
+            .request("put", inputs, move |mut c| {
+                let held = [
+                    Compare::value(k.clone(), CompareOp::Equal, v.clone()),
+                    Compare::lease(k.clone(), CompareOp::Equal, lease),
+                ];
+                let put = TxnOp::put(
+                    k.clone(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                );
+                let txn = Txn::new().when(held).or_else([put]);
+                async move { c.txn(txn).await }
+            })
+            .await;
+        if let Outcome::Done(resp) = &outcome {
+            if resp.succeeded() {
+                tracing::debug!(
+                    key,
+                    lease,
+                    "an unanswered put had landed; not writing it again"
+                );
+            }
+        }
+        match outcome {
+            Outcome::Done(_) => Outcome::Done(()),
+            Outcome::Failed(e) => Outcome::Failed(e),
+            Outcome::Interrupted => Outcome::Interrupted,
+            Outcome::Stopped => Outcome::Stopped,
         }
     }
 

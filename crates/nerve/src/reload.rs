@@ -15,6 +15,10 @@
 //!   old lease is revoked only afterwards ([`Plan::move_registrations`]);
 //! - `admin`: the new address is bound before the old server stops ([`Plan::admin`]);
 //! - `reconcile_interval`: used from the next tick on ([`Plan::reconcile_interval`]).
+//!
+//! [`crate::Nerve::reload`] carries a plan out in two steps: prepare (every step that can
+//! fail: binding a new admin address) and commit (cannot fail), so a rejected reload
+//! changes nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -199,7 +199,7 @@ impl Shared {
             e.maintenance_file = maintenance_file;
             e.last = Some(LastCheck {
                 passed: result.is_ok(),
-                reason: result.as_ref().err().cloned(),
+                reason: result.as_ref().err().map(ToString::to_string),
                 at_unix_ms: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -344,7 +344,11 @@ mod tests {
             passes: u32::from(healthy),
             failures: u32::from(!healthy),
         };
-        let result = if healthy { Ok(()) } else { Err("down".into()) };
+        let result = if healthy {
+            Ok(())
+        } else {
+            Err(crate::check::CheckError::CannotRun("down".into()))
+        };
         shared.report(&id, service, health, &result, false);
     }
 

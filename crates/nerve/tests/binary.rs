@@ -130,7 +130,11 @@ async fn sigint_deregisters_everything_and_exits_zero() {
 #[tokio::test]
 async fn an_invalid_config_at_start_exits_non_zero_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nerve = spawn(&dir, "etcd: {endpoints: [\"http://127.0.0.1:1\"]}\nservices: [{name: web, host: h, port: 80, checks: [{type: tcp}], rise: 0}]\n");
+    let mut nerve = spawn(
+        &dir,
+        "etcd: {endpoints: [\"http://127.0.0.1:1\"]}\nservices: [{name: web, host: h, port: \
+        80, checks: [{type: tcp}], rise: 0}]\n",
+    );
     let status = nerve
         .wait_exit(Duration::from_secs(10))
         .await
@@ -179,7 +183,8 @@ async fn a_check_flapping_below_rise_logs_its_failure_once_per_reason() {
         &yaml(
             &endpoints,
             "",
-            &format!("  - {{name: web, host: 127.0.0.1, port: 1, check_interval: 50ms, rise: 2, checks: [{{type: exec, command: [/bin/sh, -c, {script:?}]}}]}}\n"),
+            &format!("  - {{name: web, host: 127.0.0.1, port: 1, check_interval: 50ms, rise: 2, checks: [{{type: \
+                exec, command: [/bin/sh, -c, {script:?}]}}]}}\n"),
         ),
     );
     let rounds = || {

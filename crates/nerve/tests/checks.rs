@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nerve::check::{run_all, Check};
-use nerve::config::ServiceConfig;
-use nerve::Nerve;
+use nerve::{run_all, Check, Nerve, ServiceConfig};
 use testkit::{Backend, EtcdServer};
 
 /// The service parsed from one YAML list item (with a dummy etcd block around it).
@@ -19,10 +17,11 @@ fn service(item: &str) -> ServiceConfig {
     c.services.remove(0)
 }
 
+/// The failure reason as logs and `/status` show it.
 async fn run(item: &str) -> Result<(), String> {
     let s = service(item);
     let checks: Vec<Check> = s.checks.iter().map(|c| Check::new(&s, c)).collect();
-    run_all(&checks).await
+    run_all(&checks).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -70,7 +69,8 @@ async fn http_checks_status_body_host_and_headers() {
         format!("  - {{name: s, host: 127.0.0.1, port: {port}, checks: [{check}]}}\n")
     };
 
-    assert_eq!(run(&item("{type: http, path: /health, host: web.internal, headers: {X-Probe: nerve}, expect_body: good}")).await, Ok(()));
+    assert_eq!(run(&item("{type: http, path: /health, host: web.internal, headers: {X-Probe: nerve}, expect_body: \
+        good}")).await, Ok(()));
     let req = server.last_request();
     assert!(req.starts_with("GET /health HTTP/1.1"), "{req}");
     assert!(
@@ -137,7 +137,8 @@ async fn http_against_a_server_that_never_answers_times_out_and_closes_the_conne
 #[tokio::test]
 async fn exec_passes_on_exit_0_and_fails_with_the_stderr_tail() {
     let item = |command: &str, timeout: &str| {
-        format!("  - {{name: s, host: 127.0.0.1, port: 1, checks: [{{type: exec, command: {command}, timeout: {timeout}}}]}}\n")
+        format!("  - {{name: s, host: 127.0.0.1, port: 1, checks: [{{type: exec, command: {command}, timeout: \
+            {timeout}}}]}}\n")
     };
     assert_eq!(run(&item("[/bin/true]", "1s")).await, Ok(()));
     let err = run(&item(
@@ -151,7 +152,15 @@ async fn exec_passes_on_exit_0_and_fails_with_the_stderr_tail() {
         "{err}"
     );
     // Arguments are passed as they are, and the instance is in the environment.
-    assert_eq!(run(&item("[/bin/sh, -c, \"test \\\"$NERVE_PORT\\\" = 1 && test \\\"$1\\\" = 'a b'\", sh, \"a b\"]", "1s")).await, Ok(()));
+    assert_eq!(
+        run(&item(
+            "[/bin/sh, -c, \"test \\\"$NERVE_PORT\\\" = 1 && test \\\"$1\\\" = 'a b'\", sh, \"a \
+        b\"]",
+            "1s"
+        ))
+        .await,
+        Ok(())
+    );
 
     let err = run(&item("[/no/such/program]", "1s")).await.unwrap_err();
     assert!(err.contains("cannot run \"/no/such/program\""), "{err}");
@@ -207,7 +216,8 @@ async fn an_exec_check_killed_at_its_timeout_takes_what_it_started_with_it() {
     // A shell that starts a long job in the background, then waits itself.
     let script = format!("sleep 60 & echo $! > {}; sleep 60", pid_file.display());
     let item = format!(
-        "  - {{name: s, host: 127.0.0.1, port: 1, checks: [{{type: exec, command: [/bin/sh, -c, {script:?}], timeout: 300ms}}]}}\n"
+        "  - {{name: s, host: 127.0.0.1, port: 1, checks: [{{type: exec, command: [/bin/sh, -c, {script:?}], \
+        timeout: 300ms}}]}}\n"
     );
     let err = run(&item).await.unwrap_err();
     assert!(err.contains("timed out"), "{err}");
@@ -251,7 +261,10 @@ async fn an_exec_check_that_cannot_run_keeps_nerve_up_and_shows_why() {
     let c = client(&endpoints).await;
     let http = HttpServer::start(200, "ok").await;
     let services = format!(
-        "  - {{name: broken, host: 127.0.0.1, port: 1, check_interval: 100ms, checks: [{{type: exec, command: [/no/such/check]}}]}}\n  - {{name: web, host: 127.0.0.1, port: {}, check_interval: 100ms, checks: [{{type: http, path: /ok}}]}}\n",
+        "  - {{name: broken, host: 127.0.0.1, port: 1, check_interval: 100ms, \
+             checks: [{{type: exec, command: [/no/such/check]}}]}}\n\
+         \x20 - {{name: web, host: 127.0.0.1, port: {}, check_interval: 100ms, \
+             checks: [{{type: http, path: /ok}}]}}\n",
         http.addr.port()
     );
     let nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))

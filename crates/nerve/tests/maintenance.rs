@@ -128,7 +128,8 @@ async fn a_maintenance_file_takes_the_instance_out_while_it_exists() {
     let file = dir.path().join("web.down");
     std::fs::write(&file, "").unwrap();
     let svc = format!(
-        "  - {{name: web, instance_id: w, host: 127.0.0.1, port: {}, check_interval: 100ms, maintenance_file: {:?}, checks: [{{type: tcp}}]}}\n",
+        "  - {{name: web, instance_id: w, host: 127.0.0.1, port: {}, check_interval: 100ms, maintenance_file: {:?}, \
+        checks: [{{type: tcp}}]}}\n",
         b.port(),
         file.display().to_string()
     );

@@ -20,7 +20,9 @@ async fn registers_after_rise_passes_and_deregisters_after_fall_failures() {
     let (interval_ms, fall) = (100u64, 2u32);
     // weight, zone and labels from the config must reach the record consumers read.
     let service = format!(
-        "  - {{name: web, instance_id: web-1, host: 127.0.0.1, port: {}, weight: 50, zone: eu-1a, labels: {{track: canary, version: \"2\"}}, check_interval: {interval_ms}ms, rise: 2, fall: {fall}, checks: [{{type: tcp, timeout: 200ms}}]}}\n",
+        "  - {{name: web, instance_id: web-1, host: 127.0.0.1, port: {}, weight: 50, zone: eu-1a, labels: {{track: \
+        canary, version: \"2\"}}, check_interval: {interval_ms}ms, rise: 2, fall: {fall}, checks: [{{type: tcp, \
+        timeout: 200ms}}]}}\n",
         backend.port()
     );
     let nerve = Nerve::start(config(&endpoints, "", &service))
@@ -95,7 +97,8 @@ async fn a_flapping_check_below_fall_keeps_the_registration() {
     let c = client(&endpoints).await;
     // fall 1000: it would take 100 s of failures to go down.
     let svc = format!(
-        "  - {{name: db, instance_id: db-1, host: 127.0.0.1, port: {}, check_interval: 100ms, rise: 1, fall: 1000, checks: [{{type: tcp, timeout: 200ms}}]}}\n",
+        "  - {{name: db, instance_id: db-1, host: 127.0.0.1, port: {}, check_interval: 100ms, rise: 1, fall: 1000, \
+        checks: [{{type: tcp, timeout: 200ms}}]}}\n",
         backend.port()
     );
     let nerve = Nerve::start(config(&endpoints, "", &svc)).await.unwrap();
@@ -211,4 +214,52 @@ async fn several_instances_of_one_service_share_one_lease() {
     );
     nerve.shutdown().await;
     assert!(keys(&c).await.is_empty());
+}
+
+/// docs/nerve.md: an unchanged registration is never re-written. At start several instances
+/// turn healthy within a millisecond of each other; each change of the wanted set used to
+/// interrupt the put in flight, whose outcome was then unknown, and the next pass put the
+/// same value under the same lease again (logged as `updated`). etcd's history must show
+/// exactly one put per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_start_each_registration_is_put_exactly_once() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let backend = Backend::start("web").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    const INSTANCES: usize = 30;
+    // Check intervals 1 ms apart: the instances turn healthy one after another, each while
+    // the put of the one before may be in flight.
+    let services: String = (0..INSTANCES)
+        .map(|i| {
+            format!(
+                "  - {{name: web, instance_id: w{i}, host: 127.0.0.1, port: {}, check_interval: {}ms, rise: 2, \
+                checks: [{{type: tcp}}]}}\n",
+                backend.port(),
+                100 + i
+            )
+        })
+        .collect();
+    let nerve = Nerve::start(config(&endpoints, "", &services))
+        .await
+        .unwrap();
+    testkit::wait_until("all registered", Duration::from_secs(10), || async {
+        keys(&c).await.len() == INSTANCES
+    })
+    .await;
+    // Two reconcile intervals (500 ms): a second put, if any, has happened by then.
+    testkit::wait_until("status says registered", Duration::from_secs(5), || async {
+        nerve.status().iter().all(|s| s.registered)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let puts = puts_per_key(&c).await;
+    let twice: Vec<_> = puts.iter().filter(|(_, n)| **n != 1).collect();
+    assert_eq!(puts.len(), INSTANCES, "{puts:?}");
+    assert!(
+        twice.is_empty(),
+        "keys put more than once at start: {twice:?}"
+    );
+    nerve.shutdown().await;
 }

@@ -13,7 +13,8 @@ use testkit::{Backend, ChildProcess, EtcdServer};
 
 fn with_weight(service: &str, id: &str, port: u16, weight: u32) -> String {
     format!(
-        "  - {{name: {service}, instance_id: {id}, host: 127.0.0.1, port: {port}, weight: {weight}, check_interval: 100ms, checks: [{{type: tcp}}]}}\n"
+        "  - {{name: {service}, instance_id: {id}, host: 127.0.0.1, port: {port}, weight: {weight}, check_interval: \
+        100ms, checks: [{{type: tcp}}]}}\n"
     )
 }
 
@@ -210,7 +211,7 @@ async fn reload_watching(
     new: nerve::NerveConfig,
     c: &etcd_client::Client,
     keys: &[String],
-) -> (std::io::Result<nerve::reload::Plan>, usize) {
+) -> (Result<nerve::Plan, nerve::ReloadError>, usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let done = AtomicBool::new(false);
     let reload = async {
@@ -505,7 +506,8 @@ async fn reload_moving_an_instance_deregisters_it_until_rise_passes_at_the_new_a
         config(
             &endpoints,
             "",
-            &format!("  - {{name: web, instance_id: w, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 3, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"),
+            &format!("  - {{name: web, instance_id: w, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: \
+                3, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"),
         )
     };
     let mut nerve = Nerve::start(at(first.port())).await.unwrap();
@@ -578,4 +580,82 @@ async fn reload_moving_an_instance_deregisters_it_until_rise_passes_at_the_new_a
         "every value the key held (None: deleted); the dead port is {dead}"
     );
     nerve.shutdown().await;
+}
+
+/// A reload is prepared (everything that can fail: binding a new admin address) before it
+/// is committed (cannot fail), so one rejected in preparation changes nothing, even with
+/// every other kind of change in it: etcd settings and lease TTL (which would move the
+/// registrations to a new lease), an added and a removed instance, a changed weight, a new
+/// reconcile interval. Registrations (value, lease, mod_revision), configuration, status and
+/// lease are as before, and shutdown reports the revoke of that same lease.
+#[tokio::test]
+async fn a_reload_rejected_in_preparation_changes_nothing() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let services = format!(
+        "{}{}",
+        with_weight("web", "w", b.port(), 100),
+        with_weight("api", "a", b.port(), 100)
+    );
+    let mut nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))
+        .await
+        .unwrap();
+    testkit::wait_until("both registered", Duration::from_secs(10), || async {
+        nerve.status().iter().all(|s| s.registered)
+    })
+    .await;
+    let lease = nerve.lease().expect("a lease once registered");
+    let stored = (
+        get(&c, &key("web", "w")).await,
+        get(&c, &key("api", "a")).await,
+    );
+    let (config_before, status_before) = (nerve.config().clone(), nerve.status());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let mut rejected = config(
+        &endpoints,
+        &format!("admin: {taken_addr}"),
+        &format!(
+            "{}{}",
+            with_weight("web", "w", b.port(), 5),
+            with_weight("new", "n", b.port(), 100)
+        ),
+    )
+    .with_reconcile(Duration::from_millis(200));
+    rejected.etcd.request_timeout = registry::ConfigDuration(Duration::from_secs(3));
+    rejected.lease_ttl = registry::ConfigDuration(Duration::from_secs(3));
+    let err = nerve.reload(rejected).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&taken_addr.to_string()),
+        "the error names the address: {err}"
+    );
+
+    assert_eq!(nerve.config(), &config_before);
+    assert_eq!(nerve.lease(), Some(lease));
+    // Longer than the rejected reconcile interval and a check interval: anything the reload
+    // had started would show by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let now = (
+        get(&c, &key("web", "w")).await,
+        get(&c, &key("api", "a")).await,
+    );
+    assert_eq!(now, stored, "registrations changed");
+    assert!(!exists(&c, &key("new", "n")).await);
+    let strip = |mut v: Vec<nerve::InstanceStatus>| {
+        // Checks keep running: only what a reload could change is compared.
+        for s in &mut v {
+            s.last_check = None;
+            s.consecutive_passes = 0;
+        }
+        v
+    };
+    assert_eq!(strip(nerve.status()), strip(status_before));
+    drop(taken);
+    let report = nerve.shutdown().await;
+    assert_eq!(report.revoked, Some(lease));
+    assert!(keys(&c).await.is_empty());
 }

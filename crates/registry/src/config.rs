@@ -515,7 +515,8 @@ impl EtcdConfig {
             if e.starts_with("https://") && self.tls.is_none() {
                 return Err(FieldError::new(
                     format!("etcd.endpoints[{i}]"),
-                    format!("{e:?} uses https but there is no etcd.tls block (with ca: the CA that signed the members' certificates)"),
+                    format!("{e:?} uses https but there is no etcd.tls block (with ca: the CA that signed the \
+                        members' certificates)"),
                 ));
             }
             // etcd-client refuses TLS options on an http:// URL, so this would never connect.
@@ -526,7 +527,7 @@ impl EtcdConfig {
                 ));
             }
         }
-        key::validate_prefix(&self.prefix).map_err(|m| FieldError::new("etcd.prefix", m))?;
+        key::check_prefix(&self.prefix).map_err(|m| FieldError::new("etcd.prefix", m))?;
         match (&self.username, &self.password) {
             (Some(_), None) => {
                 return Err(FieldError::new(
@@ -554,7 +555,8 @@ impl EtcdConfig {
             if tls.ca.is_none() {
                 return Err(FieldError::new(
                     "etcd.tls.ca",
-                    "is required with etcd.tls: the members' certificates are verified only against this CA file (system root certificates are not used)",
+                    "is required with etcd.tls: the members' certificates are verified only against this CA file \
+                    (system root certificates are not used)",
                 ));
             }
             for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {

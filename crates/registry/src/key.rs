@@ -12,42 +12,90 @@ pub const DEFAULT_PREFIX: &str = "/smartstack/services";
 /// Longest service name or instance id (a DNS name plus a port fits).
 pub const MAX_SEGMENT_BYTES: usize = 255;
 
-/// Checks that `value` can be one segment of a key; `what` names it in the error (which
-/// shows the value escaped and clipped: it may come from the registry).
-pub fn validate_segment(what: &str, value: &str) -> Result<(), String> {
-    let shown = Untrusted::str(value);
+/// Why a service name, instance id or prefix cannot be part of a key. The text names the
+/// value escaped and clipped (it may come from the registry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("{what} must not be empty")]
+    EmptySegment { what: String },
+    #[error("{what} {shown} is {len} bytes long, more than {MAX_SEGMENT_BYTES}")]
+    SegmentTooLong {
+        what: String,
+        shown: String,
+        len: usize,
+    },
+    #[error("{what} {shown} must not contain '/'")]
+    SegmentWithSlash { what: String, shown: String },
+    #[error("{what} {shown} must not contain white space or control characters")]
+    SegmentWithSpace { what: String, shown: String },
+    #[error("prefix {prefix:?} must start with '/'")]
+    PrefixNotAbsolute { prefix: String },
+    #[error("prefix {prefix:?} must not end with '/'")]
+    PrefixTrailingSlash { prefix: String },
+    #[error("prefix {prefix:?} must not contain '//'")]
+    PrefixEmptySegment { prefix: String },
+}
+
+/// For callers that keep the message as text (`FieldError::new(key, error)`).
+impl From<KeyError> for String {
+    fn from(e: KeyError) -> String {
+        e.to_string()
+    }
+}
+
+/// Checks that `value` can be one segment of a key; `what` names it in the error.
+pub fn check_segment(what: &str, value: &str) -> Result<(), KeyError> {
+    let shown = || Untrusted::str(value).to_string();
+    let what = what.to_owned();
     if value.is_empty() {
-        return Err(format!("{what} must not be empty"));
+        return Err(KeyError::EmptySegment { what });
     }
     if value.len() > MAX_SEGMENT_BYTES {
-        return Err(format!(
-            "{what} {shown} is {} bytes long, more than {MAX_SEGMENT_BYTES}",
-            value.len()
-        ));
+        let len = value.len();
+        return Err(KeyError::SegmentTooLong {
+            what,
+            shown: shown(),
+            len,
+        });
     }
     if value.contains('/') {
-        return Err(format!("{what} {shown} must not contain '/'"));
+        return Err(KeyError::SegmentWithSlash {
+            what,
+            shown: shown(),
+        });
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "{what} {shown} must not contain white space or control characters"
-        ));
+        return Err(KeyError::SegmentWithSpace {
+            what,
+            shown: shown(),
+        });
     }
     Ok(())
 }
 
 /// Checks a configured prefix: absolute, no trailing slash, no empty segments.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+pub fn check_prefix(prefix: &str) -> Result<(), KeyError> {
+    let owned = || prefix.to_owned();
     if !prefix.starts_with('/') {
-        return Err(format!("prefix {prefix:?} must start with '/'"));
+        return Err(KeyError::PrefixNotAbsolute { prefix: owned() });
     }
     if prefix.len() > 1 && prefix.ends_with('/') {
-        return Err(format!("prefix {prefix:?} must not end with '/'"));
+        return Err(KeyError::PrefixTrailingSlash { prefix: owned() });
     }
     if prefix.len() > 1 && prefix[1..].split('/').any(str::is_empty) {
-        return Err(format!("prefix {prefix:?} must not contain '//'"));
+        return Err(KeyError::PrefixEmptySegment { prefix: owned() });
     }
     Ok(())
+}
+
+/// [`check_segment`] with the error as text, for callers not moved to [`KeyError`] yet.
+pub fn validate_segment(what: &str, value: &str) -> Result<(), String> {
+    check_segment(what, value).map_err(String::from)
+}
+
+/// [`check_prefix`] with the error as text, for callers not moved to [`KeyError`] yet.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    check_prefix(prefix).map_err(String::from)
 }
 
 /// `<prefix>/<service>/`: the etcd prefix that holds every instance of `service`.
@@ -108,6 +156,38 @@ mod tests {
         assert!(validate_prefix("smartstack").is_err());
         assert!(validate_prefix("/smartstack/").is_err());
         assert!(validate_prefix("/a//b").is_err());
+    }
+
+    /// The typed errors print exactly the texts the String versions always had (tests and
+    /// operators match on them).
+    #[test]
+    fn typed_errors_keep_their_texts() {
+        let text = |r: Result<(), KeyError>| r.unwrap_err().to_string();
+        assert_eq!(
+            text(check_segment("service", "")),
+            "service must not be empty"
+        );
+        assert_eq!(
+            text(check_segment("id", "a/b")),
+            "id \"a/b\" must not contain '/'"
+        );
+        assert_eq!(
+            text(check_segment("id", "a b")),
+            "id \"a b\" must not contain white space or control characters"
+        );
+        assert_eq!(text(check_prefix("x")), "prefix \"x\" must start with '/'");
+        assert_eq!(
+            text(check_prefix("/x/")),
+            "prefix \"/x/\" must not end with '/'"
+        );
+        assert_eq!(
+            text(check_prefix("/a//b")),
+            "prefix \"/a//b\" must not contain '//'"
+        );
+        assert_eq!(
+            check_segment("id", "a/b").map_err(String::from),
+            validate_segment("id", "a/b")
+        );
     }
 
     proptest! {

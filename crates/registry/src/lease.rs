@@ -533,7 +533,8 @@ impl Keeper {
                         return End::Lost("etcd no longer knows the lease".into())
                     }
                     other => {
-                        tracing::debug!(lease = id, answer = ?other.map(|r| r.map(|_| ())), "keepalive stream broke; reopening");
+                        let answer = other.map(|r| r.map(|_| ()));
+                        tracing::debug!(lease = id, ?answer, "keepalive stream broke; reopening");
                         self.etcd.failed(session.generation()).await;
                         note_failure(&mut failing, id, self.ttl);
                         break;
@@ -550,7 +551,9 @@ impl Keeper {
     async fn pause(&mut self, backoff: &mut crate::backoff::BackoffState, id: i64) -> Option<End> {
         tokio::select! {
             _ = backoff.wait() => None,
-            Some(reported) = self.lost.recv() => (reported == id).then(|| End::Lost("a write said the lease is not found".into())),
+            Some(reported) = self.lost.recv() => {
+                (reported == id).then(|| End::Lost("a write said the lease is not found".into()))
+            }
         }
     }
 }

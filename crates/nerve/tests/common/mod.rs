@@ -16,7 +16,8 @@ pub const PREFIX: &str = "/smartstack/services";
 pub fn yaml(endpoints: &[String], top: &str, services: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
     format!(
-        "etcd:\n  endpoints: [{}]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 1s\n  keepalive_timeout: 1s\nlease_ttl: 2s\nreconcile_interval: 500ms\n{top}\nservices:\n{services}",
+        "etcd:\n  endpoints: [{}]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 1s\n  \
+        keepalive_timeout: 1s\nlease_ttl: 2s\nreconcile_interval: 500ms\n{top}\nservices:\n{services}",
         endpoints.join(", ")
     )
 }
@@ -41,7 +42,8 @@ impl ConfigExt for NerveConfig {
 /// A service list item with a tcp check on `port`, checked every 100 ms.
 pub fn tcp_service(name: &str, id: &str, port: u16) -> String {
     format!(
-        "  - {{name: {name}, instance_id: {id}, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"
+        "  - {{name: {name}, instance_id: {id}, host: 127.0.0.1, port: {port}, check_interval: 100ms, rise: 2, fall: \
+        2, checks: [{{type: tcp, timeout: 200ms}}]}}\n"
     )
 }
 
@@ -295,4 +297,36 @@ pub async fn revision(c: &Client) -> i64 {
     .header()
     .map(|h| h.revision())
     .unwrap_or_else(|| panic!("no header in a get"))
+}
+
+/// How many times each key under the prefix was put, from revision 1 up to now, read from
+/// etcd's history (every revision, so no write can slip between two reads): the number of
+/// distinct `mod_revision`s each key had.
+pub async fn puts_per_key(c: &Client) -> std::collections::BTreeMap<String, usize> {
+    let now = revision(c).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for rev in 1..=now {
+        let resp = read(&format!("get the prefix at {rev}"), || {
+            let mut c = c.clone();
+            async move {
+                c.get(
+                    PREFIX,
+                    Some(GetOptions::new().with_prefix().with_revision(rev)),
+                )
+                .await
+            }
+        })
+        .await;
+        for kv in resp.kvs() {
+            seen.insert((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+    let mut puts = std::collections::BTreeMap::new();
+    for (key, _) in seen {
+        *puts.entry(key).or_insert(0) += 1;
+    }
+    puts
 }
