@@ -213,9 +213,12 @@ pub fn decode(
     let Some(id) = key::instance_id(service_prefix, key) else {
         return Ok(None);
     };
-    if let Err(reason) = key::validate_segment("instance id", id) {
+    if let Err(e) = key::check_segment("instance id", id) {
         // Never routable, so there is nothing to remove either.
-        return Err(Skipped { id: None, reason });
+        return Err(Skipped {
+            id: None,
+            reason: e.to_string(),
+        });
     }
     let id = id.to_owned();
     match value {

@@ -185,8 +185,8 @@ impl ServiceConfig {
 
     fn validate(&self, i: usize) -> Result<(), FieldError> {
         let key = |k: &str| format!("services[{i}].{k}");
-        registry::key::validate_segment("service name", &self.name)
-            .map_err(|m| FieldError::new(key("name"), m))?;
+        registry::key::check_segment("service name", &self.name)
+            .map_err(|e| FieldError::new(key("name"), e.to_string()))?;
         if self.connect_timeout.get() < Duration::from_millis(1) {
             return Err(FieldError::new(
                 key("connect_timeout"),
