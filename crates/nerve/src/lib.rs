@@ -31,7 +31,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::lease::Lease;
+use daemon::admin::AdminServer;
+use registry::lease::{Lease, LeaseId};
 use registry::Etcd;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -51,22 +52,23 @@ pub struct Nerve {
     /// Stops the monitors.
     checks_stop: CancellationToken,
     registrar_stop: CancellationToken,
-    /// The admin API outlives the registrar so `/status` answers during `shutdown_delay`.
-    admin_stop: CancellationToken,
     registrar: JoinHandle<()>,
     lease: Lease,
-    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Outlives the registrar so `/status` answers during `shutdown_delay`.
+    admin: Option<AdminServer>,
+    /// The etcd handle in force, for the admin API's reachability.
+    etcd: admin::EtcdSlot,
     /// The registrar reads its reconcile interval from here, so a reload can change it.
     reconcile_interval: watch::Sender<Duration>,
 }
 
-/// Starts a lease on a new handle for `config.etcd` and a registrar writing under it.
+/// Starts a lease on `etcd` (a new handle for `config.etcd`) and a registrar writing under it.
 fn start_registrar(
     config: &NerveConfig,
+    etcd: Etcd,
     shared: &Arc<Shared>,
     reconcile_interval: watch::Receiver<Duration>,
 ) -> (Lease, JoinHandle<()>, CancellationToken) {
-    let etcd = Etcd::new(config.etcd.clone());
     let lease = Lease::start(etcd.clone(), config.lease_ttl.get());
     let stop = CancellationToken::new();
     let registrar = registrar::Registrar::new(
@@ -86,14 +88,16 @@ impl Nerve {
     /// when it comes back. Fails only if the admin address cannot be bound.
     pub async fn start(config: NerveConfig) -> std::io::Result<Nerve> {
         let shared = Arc::new(Shared::new(&config.etcd.prefix));
-        let admin_stop = CancellationToken::new();
         let checks_stop = CancellationToken::new();
+        let etcd = Etcd::new(config.etcd.clone());
+        let etcd_slot = Arc::new(std::sync::Mutex::new(etcd.clone()));
         let admin = match config.admin {
-            Some(addr) => Some(admin::serve(addr.0, shared.clone(), admin_stop.clone()).await?),
+            Some(addr) => Some(admin::serve(addr.0, shared.clone(), etcd_slot.clone()).await?),
             None => None,
         };
         let (reconcile_interval, reconcile_rx) = watch::channel(config.reconcile_interval.get());
-        let (lease, registrar, registrar_stop) = start_registrar(&config, &shared, reconcile_rx);
+        let (lease, registrar, registrar_stop) =
+            start_registrar(&config, etcd, &shared, reconcile_rx);
         let monitors = config
             .services
             .iter()
@@ -116,17 +120,17 @@ impl Nerve {
             monitors,
             checks_stop,
             registrar_stop,
-            admin_stop,
             registrar,
             lease,
             admin,
+            etcd: etcd_slot,
             reconcile_interval,
         })
     }
 
     /// The address the admin API listens on (with port 0 in the config, the real port).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(a, _)| *a)
+        self.admin.as_ref().map(AdminServer::addr)
     }
 
     /// The configuration in force.
@@ -218,26 +222,27 @@ impl Nerve {
 
     /// Binds `new` (if any) and only then stops the old admin server.
     async fn move_admin(&mut self, new: Option<config::ListenAddr>) -> std::io::Result<()> {
-        let stop = CancellationToken::new();
         let bound = match new {
-            Some(addr) => match admin::serve(addr.0, self.shared.clone(), stop.clone()).await {
-                Ok(bound) => Some(bound),
-                Err(e) => {
-                    tracing::error!(
-                        addr = %addr.0,
-                        error = %e,
-                        "reload rejected, keeping the running configuration: cannot bind the new admin address"
-                    );
-                    return Err(e);
+            Some(addr) => {
+                match admin::serve(addr.0, self.shared.clone(), self.etcd.clone()).await {
+                    Ok(bound) => Some(bound),
+                    Err(e) => {
+                        tracing::error!(
+                            addr = %addr.0,
+                            error = %e,
+                            "reload rejected, keeping the running configuration: cannot bind the new admin address"
+                        );
+                        return Err(e);
+                    }
                 }
-            },
+            }
             None => None,
         };
-        std::mem::replace(&mut self.admin_stop, stop).cancel();
-        if let Some((old, task)) = std::mem::replace(&mut self.admin, bound) {
+        if let Some(old) = std::mem::replace(&mut self.admin, bound) {
+            let addr = old.addr();
             // Awaited so that the old port is closed when the reload returns.
-            let _ = task.await;
-            tracing::info!(%old, "old admin API stopped");
+            old.stop().await;
+            tracing::info!(old = %addr, "old admin API stopped");
         }
         Ok(())
     }
@@ -246,7 +251,9 @@ impl Nerve {
     /// revokes the old lease. The old registrar must be stopped already.
     async fn move_registrations(&mut self, new: &NerveConfig) {
         let reconcile_rx = self.reconcile_interval.subscribe();
-        let (lease, registrar, stop) = start_registrar(new, &self.shared, reconcile_rx);
+        let etcd = Etcd::new(new.etcd.clone());
+        *self.etcd.lock().unwrap_or_else(|p| p.into_inner()) = etcd.clone();
+        let (lease, registrar, stop) = start_registrar(new, etcd, &self.shared, reconcile_rx);
         let old_lease = std::mem::replace(&mut self.lease, lease);
         self.registrar = registrar;
         self.registrar_stop = stop;
@@ -275,7 +282,7 @@ impl Nerve {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         if moved {
-            tracing::info!(lease = ?self.lease.current(), "every registration is written under the new lease");
+            tracing::info!(lease = ?self.lease.current().map(LeaseId), "every registration is written under the new lease");
         } else {
             tracing::error!(
                 endpoints = ?e.endpoints,
@@ -287,7 +294,7 @@ impl Nerve {
             .revoke(old.request_timeout.get() + old.dial_timeout.get())
             .await
         {
-            Some(id) => tracing::info!(lease = id, "old lease revoked"),
+            Some(id) => tracing::info!(lease = %LeaseId(id), "old lease revoked"),
             None => tracing::warn!("no old lease revoked; its keys, if any, expire with its TTL"),
         }
     }
@@ -304,7 +311,7 @@ impl Nerve {
         let etcd = &self.config.etcd;
         let deadline = etcd.request_timeout.get() + etcd.dial_timeout.get();
         match self.lease.revoke(deadline).await {
-            Some(id) => tracing::info!(lease = id, "deregistered everything"),
+            Some(id) => tracing::info!(lease = %LeaseId(id), "deregistered everything"),
             None => {
                 tracing::info!("nothing revoked; registrations, if any, expire with the lease TTL")
             }
@@ -314,9 +321,8 @@ impl Nerve {
             tracing::info!(%delay, "waiting shutdown_delay before exiting");
             tokio::time::sleep(delay.get()).await;
         }
-        self.admin_stop.cancel();
-        if let Some((_, task)) = self.admin {
-            let _ = task.await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
         }
         tracing::info!("nerve stopped");
     }

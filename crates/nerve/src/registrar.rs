@@ -353,7 +353,7 @@ impl Registrar {
                         lease,
                     },
                 );
-                tracing::info!(key, lease, "{verb}");
+                tracing::info!(key, lease = %registry::lease::LeaseId(lease), "{verb}");
                 Ok(false)
             }
             Outcome::Failed(e) if is_lease_not_found(&e) => {
