@@ -154,3 +154,45 @@ async fn json_logs_are_one_object_per_line_with_level_and_message() {
         );
     }
 }
+
+/// nerve logs lease ids as etcdctl prints them (hex), so a logged id can be pasted into
+/// `etcdctl lease timetolive`.
+#[tokio::test]
+async fn nerve_logs_lease_ids_as_etcdctl_prints_them() {
+    let etcd = EtcdServer::start().await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("nerve.yaml");
+    std::fs::write(&path, config("nerve", &etcd.endpoint(), ""))
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut cmd = Command::new(workspace_bin("nerve"));
+    cmd.arg("-c").arg(&path).env("RUST_LOG", "info");
+    let mut nerve = ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"));
+    wait_until("the lease is granted", DEADLINE, || async {
+        nerve.output().contains("lease granted")
+    })
+    .await;
+    let listed = etcd.etcdctl(&["lease", "list"]);
+    let id = listed
+        .lines()
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "etcdctl lists no lease: {listed}");
+    let logged = format!("lease={id}");
+    assert!(
+        nerve.output().contains(&logged),
+        "{logged} not in:\n{}",
+        nerve.output()
+    );
+    nerve.signal(Signal::SIGTERM);
+    let status = nerve.wait_exit(DEADLINE).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let revoked = nerve.output();
+    assert!(
+        revoked
+            .lines()
+            .any(|l| l.contains("revoked") && l.contains(&logged)),
+        "{revoked}"
+    );
+}

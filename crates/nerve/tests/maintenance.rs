@@ -293,7 +293,7 @@ async fn status_shows_etcd_reachability_and_hex_lease_ids() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     };
     let v = status().await;
-    let lease = nerve.lease().map(|id| format!("{id:x}"));
+    let lease = nerve.lease().map(|id| format!("{id:016x}"));
     assert_eq!(v["lease"].as_str(), lease.as_deref(), "{v}");
     assert_eq!(v["instances"][0]["lease"].as_str(), lease.as_deref(), "{v}");
     let live = etcd.etcdctl(&["lease", "timetolive", lease.as_deref().unwrap_or("0")]);

@@ -34,7 +34,7 @@ const PROBE: Backoff = Backoff {
     max: Duration::from_millis(500),
 };
 
-/// A lease id shown as etcdctl shows it: lowercase hex (`694d8a1b2c3d4e5f`). In decimal it
+/// A lease id shown as etcdctl shows it: 16 lowercase hex digits (`094d8a1b2c3d4e5f`). In decimal it
 /// matched nothing an operator could paste into `etcdctl lease timetolive`, and JSON readers
 /// such as `jq` rounded it (ids use all 63 bits; a double keeps 53).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct LeaseId(pub i64);
 
 impl std::fmt::Display for LeaseId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}", self.0)
+        write!(f, "{:016x}", self.0)
     }
 }
 
@@ -586,5 +586,22 @@ fn note_failure(failing: &mut bool, id: i64, ttl: Duration) {
             ?ttl,
             "lease keepalive failing; retrying on other etcd members until the TTL runs out"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseId;
+
+    /// etcdctl prints `%016x`: a leading zero digit stays, or the id would not match its output.
+    #[test]
+    fn lease_ids_print_as_etcdctl_prints_them() {
+        assert_eq!(
+            LeaseId(0x0e91_a230_775e_3c06).to_string(),
+            "0e91a230775e3c06"
+        );
+        assert_eq!(LeaseId(7587881469370459149).to_string(), "694d91fe7b98640d");
+        let json = serde_json::to_string(&Some(LeaseId(1))).unwrap_or_default();
+        assert_eq!(json, "\"0000000000000001\"");
     }
 }
