@@ -11,7 +11,8 @@
 //! - [`registrar`]: makes etcd hold exactly those registrations under the process's lease
 //!   (kept by [`registry::lease`]), and reconciles periodically.
 //! - [`reload`]: SIGHUP as a pure diff between the old and the new configuration.
-//! - [`admin`]: the HTTP admin API (`/status`, maintenance switches).
+//! - [`admin`]: nerve's routes on the shared admin server of [`daemon`] (`/health`, `/status`,
+//!   maintenance switches).
 //! - This file: [`Nerve`], which wires them together and is what `main.rs` and the tests run.
 //!
 //! Operators' documentation is `docs/nerve.md`.
