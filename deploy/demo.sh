@@ -92,9 +92,9 @@ services:
     listen: 127.0.0.1:$SYNAPSE_PORT
 YAML
 say "starting nerve (health-checks both, registers them in etcd)"
-"$BIN/nerve" --config "$work/nerve.yaml" >"$work/nerve.log" 2>&1 & pid_nerve=$!; pids+=($pid_nerve)
+"$BIN/nerve" -c "$work/nerve.yaml" >"$work/nerve.log" 2>&1 & pid_nerve=$!; pids+=($pid_nerve)
 say "starting synapse (127.0.0.1:$SYNAPSE_PORT -> instances of 'web')"
-"$BIN/synapse" --config "$work/synapse.yaml" >"$work/synapse.log" 2>&1 & pids+=($!)
+"$BIN/synapse" -c "$work/synapse.yaml" >"$work/synapse.log" 2>&1 & pids+=($!)
 
 wait_for 20 "both instances to be registered" bash -c "[ \$(ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT get --prefix $PREFIX --keys-only | grep -c .) -eq 2 ]"
 say "what operators see: etcdctl get --prefix $PREFIX"

@@ -604,6 +604,17 @@ impl Validate for NerveConfig {
                 ),
             ));
         }
+        if let Some(admin) = self.admin {
+            // Its POSTs can take every registration out, and it has no authentication.
+            if !admin.0.ip().is_loopback() {
+                return Err(FieldError::new(
+                    "admin",
+                    format!(
+                        "{admin} is not a loopback address: the admin API has no authentication"
+                    ),
+                ));
+            }
+        }
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -771,6 +782,7 @@ services:
             (format!("{MINIMAL}lease_ttl: 2500ms\n"), "lease_ttl", "whole seconds"),
             (format!("{MINIMAL}lease_ttl: soon\n"), "lease_ttl", "invalid duration"),
             (format!("{MINIMAL}admin: localhost:80\n"), "admin", "not an address"),
+            (format!("{MINIMAL}admin: 0.0.0.0:8500\n"), "admin", "not a loopback address"),
             (format!("{MINIMAL}shutdown_delay: 5\n"), "shutdown_delay", "invalid"),
             (svc("colour: red"), "services[0].colour", "unknown field"),
             (svc("port: 0"), "services[0].port", "1 to 65535"),

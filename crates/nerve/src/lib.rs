@@ -11,7 +11,8 @@
 //! - [`registrar`]: makes etcd hold exactly those registrations under the process's lease
 //!   (kept by [`registry::lease`]), and reconciles periodically.
 //! - [`reload`]: SIGHUP as a pure diff between the old and the new configuration.
-//! - [`admin`]: the HTTP admin API (`/status`, maintenance switches).
+//! - [`admin`]: nerve's routes on the shared admin server of [`daemon`] (`/health`, `/status`,
+//!   maintenance switches).
 //! - This file: [`Nerve`], which wires them together and is what `main.rs` and the tests run.
 //!
 //! Operators' documentation is `docs/nerve.md`.
@@ -33,7 +34,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::lease::Lease;
+use daemon::admin::AdminServer;
+use registry::lease::{Lease, LeaseId};
 use registry::Etcd;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,40 +81,6 @@ pub struct ShutdownReport {
     pub revoked: Option<i64>,
 }
 
-/// A running admin API: stopped by [`AdminServer::stop`], or by dropping it (a server bound
-/// by a reload's prepare step that is then not committed).
-struct AdminServer {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl AdminServer {
-    async fn bind(addr: SocketAddr, shared: &Arc<Shared>) -> std::io::Result<AdminServer> {
-        let stop = CancellationToken::new();
-        let (addr, task) = admin::serve(addr, shared.clone(), stop.clone()).await?;
-        Ok(AdminServer {
-            addr,
-            stop,
-            task: Some(task),
-        })
-    }
-
-    /// Stops it; its port is closed when this returns.
-    async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// A running nerve. Start it with [`Nerve::start`], stop it with [`Nerve::shutdown`].
 pub struct Nerve {
     config: NerveConfig,
@@ -125,6 +93,8 @@ pub struct Nerve {
     lease: Lease,
     /// Outlives the registrar so `/status` answers during `shutdown_delay`.
     admin: Option<AdminServer>,
+    /// The etcd handle in force, for the admin API's reachability.
+    etcd: admin::EtcdSlot,
     /// The registrar reads its reconcile interval from here, so a reload can change it.
     reconcile_interval: watch::Sender<Duration>,
 }
@@ -138,13 +108,13 @@ struct Prepared {
     admin: Option<Option<AdminServer>>,
 }
 
-/// Starts a lease on a new handle for `config.etcd` and a registrar writing under it.
+/// Starts a lease on `etcd` (a new handle for `config.etcd`) and a registrar writing under it.
 fn start_registrar(
     config: &NerveConfig,
+    etcd: Etcd,
     shared: &Arc<Shared>,
     reconcile_interval: watch::Receiver<Duration>,
 ) -> (Lease, JoinHandle<()>, CancellationToken) {
-    let etcd = Etcd::new(config.etcd.clone());
     let lease = Lease::start(etcd.clone(), config.lease_ttl.get());
     let stop = CancellationToken::new();
     let registrar = registrar::Registrar::new(
@@ -169,17 +139,22 @@ impl Nerve {
     pub async fn start(config: NerveConfig) -> Result<Nerve, StartError> {
         let shared = Arc::new(Shared::new(&config.etcd.prefix));
         let checks_stop = CancellationToken::new();
+        let etcd = Etcd::new(config.etcd.clone());
+        let etcd_slot = Arc::new(std::sync::Mutex::new(etcd.clone()));
         let admin = match config.admin {
-            Some(addr) => Some(AdminServer::bind(addr.0, &shared).await.map_err(|source| {
-                StartError::AdminBind {
-                    addr: addr.0,
-                    source,
-                }
-            })?),
+            Some(addr) => Some(
+                admin::serve(addr.0, shared.clone(), etcd_slot.clone())
+                    .await
+                    .map_err(|source| StartError::AdminBind {
+                        addr: addr.0,
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let (reconcile_interval, reconcile_rx) = watch::channel(config.reconcile_interval.get());
-        let (lease, registrar, registrar_stop) = start_registrar(&config, &shared, reconcile_rx);
+        let (lease, registrar, registrar_stop) =
+            start_registrar(&config, etcd, &shared, reconcile_rx);
         let monitors = config
             .services
             .iter()
@@ -205,13 +180,14 @@ impl Nerve {
             registrar,
             lease,
             admin,
+            etcd: etcd_slot,
             reconcile_interval,
         })
     }
 
     /// The address the admin API listens on (with port 0 in the config, the real port).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|a| a.addr)
+        self.admin.as_ref().map(AdminServer::addr)
     }
 
     /// The configuration in force.
@@ -252,7 +228,7 @@ impl Nerve {
             None => None,
             Some(None) => Some(None),
             Some(Some(addr)) => {
-                let bound = AdminServer::bind(addr.0, &self.shared)
+                let bound = admin::serve(addr.0, self.shared.clone(), self.etcd.clone())
                     .await
                     .map_err(|source| ReloadError::AdminBind {
                         addr: addr.0,
@@ -354,7 +330,7 @@ impl Nerve {
     /// Puts the new admin server (already bound) in place and stops the old one.
     async fn replace_admin(&mut self, new: Option<AdminServer>) {
         if let Some(old) = std::mem::replace(&mut self.admin, new) {
-            let addr = old.addr;
+            let addr = old.addr();
             // Awaited so that the old port is closed when the reload returns.
             old.stop().await;
             tracing::info!(old = %addr, "old admin API stopped");
@@ -365,7 +341,9 @@ impl Nerve {
     /// revokes the old lease. The old registrar must be stopped already.
     async fn move_registrations(&mut self, new: &NerveConfig) {
         let reconcile_rx = self.reconcile_interval.subscribe();
-        let (lease, registrar, stop) = start_registrar(new, &self.shared, reconcile_rx);
+        let etcd = Etcd::new(new.etcd.clone());
+        *self.etcd.lock().unwrap_or_else(|p| p.into_inner()) = etcd.clone();
+        let (lease, registrar, stop) = start_registrar(new, etcd, &self.shared, reconcile_rx);
         let old_lease = std::mem::replace(&mut self.lease, lease);
         self.registrar = registrar;
         self.registrar_stop = stop;
@@ -377,7 +355,7 @@ impl Nerve {
         );
         let e = &new.etcd;
         if self.wait_all_registered(e).await {
-            let lease = self.lease.current();
+            let lease = self.lease.current().map(LeaseId);
             tracing::info!(?lease, "every registration is written under the new lease");
         } else {
             tracing::error!(
@@ -391,7 +369,7 @@ impl Nerve {
             .revoke(old.request_timeout.get() + old.dial_timeout.get())
             .await
         {
-            Some(id) => tracing::info!(lease = id, "old lease revoked"),
+            Some(id) => tracing::info!(lease = %LeaseId(id), "old lease revoked"),
             None => tracing::warn!("no old lease revoked; its keys, if any, expire with its TTL"),
         }
     }
@@ -431,7 +409,7 @@ impl Nerve {
         let deadline = etcd.request_timeout.get() + etcd.dial_timeout.get();
         let revoked = self.lease.revoke(deadline).await;
         match revoked {
-            Some(id) => tracing::info!(lease = id, "deregistered everything"),
+            Some(id) => tracing::info!(lease = %LeaseId(id), "deregistered everything"),
             None => {
                 tracing::info!("nothing revoked; registrations, if any, expire with the lease TTL")
             }

@@ -375,7 +375,7 @@ impl Registrar {
                     unconfirmed: None,
                 };
                 self.written.insert(key.to_owned(), done);
-                tracing::info!(key, lease, "{verb}");
+                tracing::info!(key, lease = %registry::lease::LeaseId(lease), "{verb}");
                 Ok(false)
             }
             Outcome::Failed(e) if is_lease_not_found(&e) => {

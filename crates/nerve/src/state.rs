@@ -44,6 +44,7 @@ pub struct InstanceStatus {
     pub consecutive_passes: u32,
     pub consecutive_failures: u32,
     /// The lease the key is (or would be) written under; `null` while there is none.
+    #[serde(serialize_with = "registry::lease::serialize_hex")]
     pub lease: Option<i64>,
 }
 

@@ -112,7 +112,7 @@ async fn the_admin_api_takes_services_out_and_back() {
     let (code, body) = http(admin, "GET", "/status").await;
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(v["lease"].as_i64().is_some(), "{body}");
+    assert!(v["lease"].as_str().is_some(), "{body}");
     assert_eq!(v["instances"].as_array().unwrap().len(), 3);
     nerve.shutdown().await;
 }
@@ -170,5 +170,146 @@ async fn a_maintenance_file_takes_the_instance_out_while_it_exists() {
     )
     .await;
     eprintln!("measured: deregistered {took:?} after the maintenance file appeared (check_interval 100ms)");
+    nerve.shutdown().await;
+}
+
+/// The effective state of each instance a switch touches, and what holds it out.
+fn answer_of(body: &str) -> Vec<(String, bool, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let instances = v["instances"].as_array().cloned().unwrap_or_default();
+    instances
+        .iter()
+        .map(|i| {
+            let held: Vec<String> = i["held_by"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let id = i["id"].as_str().unwrap_or_default().to_owned();
+            (id, i["maintenance"].as_bool().unwrap_or(false), held)
+        })
+        .collect()
+}
+
+/// `POST /disable` then `POST /services/web/enable`: the instance stays out (the switch for
+/// all still holds it), and the answer says so instead of `"maintenance": false`.
+#[tokio::test]
+async fn each_switch_answers_the_effective_state_and_what_holds_it() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let services = format!(
+        "{}{}",
+        tcp_service("web", "web-a", b.port()),
+        tcp_service("api", "api-a", b.port())
+    );
+    let nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))
+        .await
+        .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    wait_registered(&c, &key("web", "web-a")).await;
+
+    let (code, body) = http(admin, "POST", "/disable").await;
+    assert_eq!(code, 200);
+    let all = vec!["admin: all".to_owned()];
+    assert_eq!(
+        answer_of(&body),
+        vec![
+            ("api-a".into(), true, all.clone()),
+            ("web-a".into(), true, all.clone())
+        ],
+        "{body}"
+    );
+    testkit::wait_until("everything out", Duration::from_secs(2), || async {
+        keys(&c).await.is_empty()
+    })
+    .await;
+    let (code, body) = http(admin, "POST", "/services/web/enable").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        answer_of(&body),
+        vec![("web-a".into(), true, all.clone())],
+        "{body}"
+    );
+    let (_, body) = http(admin, "POST", "/services/web/disable").await;
+    let both = vec!["admin: all".to_owned(), "admin: service".to_owned()];
+    assert_eq!(
+        answer_of(&body),
+        vec![("web-a".into(), true, both)],
+        "{body}"
+    );
+    let (_, body) = http(admin, "POST", "/enable").await;
+    let service = vec!["admin: service".to_owned()];
+    assert_eq!(
+        answer_of(&body),
+        vec![
+            ("api-a".into(), false, vec![]),
+            ("web-a".into(), true, service)
+        ],
+        "{body}"
+    );
+    assert!(
+        !exists(&c, &key("web", "web-a")).await,
+        "web is still held out"
+    );
+    let (_, body) = http(admin, "POST", "/services/web/enable").await;
+    assert_eq!(
+        answer_of(&body),
+        vec![("web-a".into(), false, vec![])],
+        "{body}"
+    );
+    wait_registered(&c, &key("web", "web-a")).await;
+    nerve.shutdown().await;
+}
+
+/// `GET /health` answers; `/status` says whether etcd answers and shows lease ids as
+/// etcdctl does (hex), so an id copied from it works with `etcdctl lease timetolive`.
+#[tokio::test]
+async fn status_shows_etcd_reachability_and_hex_lease_ids() {
+    init_logs();
+    let mut etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let nerve = Nerve::start(config(
+        &endpoints,
+        "admin: 127.0.0.1:0",
+        &tcp_service("web", "w", b.port()),
+    ))
+    .await
+    .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    assert_eq!(
+        http(admin, "GET", "/health").await,
+        (200, "ok\n".to_owned())
+    );
+    wait_registered(&c, &key("web", "w")).await;
+    let status = || async {
+        let (_, body) = http(admin, "GET", "/status").await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let v = status().await;
+    let lease = nerve.lease().map(|id| format!("{id:016x}"));
+    assert_eq!(v["lease"].as_str(), lease.as_deref(), "{v}");
+    assert_eq!(v["instances"][0]["lease"].as_str(), lease.as_deref(), "{v}");
+    let live = etcd.etcdctl(&["lease", "timetolive", lease.as_deref().unwrap_or("0")]);
+    assert!(
+        live.contains("remaining"),
+        "etcdctl does not know the lease: {live}"
+    );
+    assert_eq!(v["etcd"]["reachable"], true, "{v}");
+
+    etcd.kill();
+    testkit::wait_until(
+        "status says etcd is unreachable",
+        Duration::from_secs(10),
+        || async { status().await["etcd"]["reachable"] == false },
+    )
+    .await;
     nerve.shutdown().await;
 }

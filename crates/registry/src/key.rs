@@ -137,7 +137,9 @@ mod tests {
         assert!(check_segment("service", "a b").is_err());
         assert!(check_segment("id", "a\nb").is_err());
         assert!(check_segment("id", &"a".repeat(MAX_SEGMENT_BYTES)).is_ok());
-        let long = check_segment("id", &"a".repeat(100_000)).unwrap_err().to_string();
+        let long = check_segment("id", &"a".repeat(100_000))
+            .unwrap_err()
+            .to_string();
         assert!(
             long.contains("100000 bytes long") && long.len() < 300,
             "{long}"

@@ -34,6 +34,29 @@ const PROBE: Backoff = Backoff {
     max: Duration::from_millis(500),
 };
 
+/// A lease id shown as etcdctl shows it: 16 lowercase hex digits (`094d8a1b2c3d4e5f`). In decimal it
+/// matched nothing an operator could paste into `etcdctl lease timetolive`, and JSON readers
+/// such as `jq` rounded it (ids use all 63 bits; a double keeps 53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseId(pub i64);
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl serde::Serialize for LeaseId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// For `#[serde(serialize_with)]` on an `Option<i64>` lease id: the hex string, or null.
+pub fn serialize_hex<S: serde::Serializer>(id: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&id.map(LeaseId), s)
+}
+
 /// Whether `e` says that the lease does not exist (any more).
 pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     match e {
@@ -179,9 +202,9 @@ impl Lease {
         let superseded: Vec<i64> = self.superseded.borrow().iter().copied().collect();
         for id in superseded {
             match revoke_until(&self.etcd, id, until).await {
-                Ok(()) => tracing::info!(lease = id, "superseded lease revoked"),
+                Ok(()) => tracing::info!(lease = %LeaseId(id), "superseded lease revoked"),
                 Err(e) => {
-                    tracing::warn!(lease = id, error = %e, "superseded lease not revoked; its keys expire with its TTL")
+                    tracing::warn!(lease = %LeaseId(id), error = %e, "superseded lease not revoked; its keys expire with its TTL")
                 }
             }
         }
@@ -196,16 +219,16 @@ impl Lease {
     ) -> Option<i64> {
         match revoke_until(&self.etcd, id, until).await {
             Ok(()) => {
-                tracing::info!(lease = id, "lease revoked; its keys are deleted");
+                tracing::info!(lease = %LeaseId(id), "lease revoked; its keys are deleted");
                 Some(id)
             }
             Err(RevokeError::Failed(e)) => {
-                tracing::warn!(lease = id, error = %e, "lease revoke failed; keys expire with the TTL");
+                tracing::warn!(lease = %LeaseId(id), error = %e, "lease revoke failed; keys expire with the TTL");
                 None
             }
             Err(RevokeError::TimedOut) => {
                 tracing::warn!(
-                    lease = id,
+                    lease = %LeaseId(id),
                     ?deadline,
                     "lease revoke timed out; keys expire with the TTL"
                 );
@@ -360,22 +383,22 @@ impl Releaser {
             match revoked {
                 Ok(_) => {
                     tracing::info!(
-                        lease = id,
+                        lease = %LeaseId(id),
                         "superseded lease revoked; keys still bound to it are deleted"
                     );
                     return;
                 }
                 Err(Failure::Final(e)) if is_lease_not_found(&e) => {
-                    tracing::debug!(lease = id, "superseded lease already gone");
+                    tracing::debug!(lease = %LeaseId(id), "superseded lease already gone");
                     return;
                 }
                 Err(Failure::Transient(e)) => {
-                    tracing::debug!(lease = id, error = %e, "cannot revoke a superseded lease yet");
+                    tracing::debug!(lease = %LeaseId(id), error = %e, "cannot revoke a superseded lease yet");
                     unreachable.wait().await;
                 }
                 Err(Failure::Final(e)) => {
                     if refused.failures() == 0 {
-                        tracing::warn!(lease = id, error = %e, "etcd refused to revoke a superseded lease; retrying");
+                        tracing::warn!(lease = %LeaseId(id), error = %e, "etcd refused to revoke a superseded lease; retrying");
                     }
                     refused.wait().await;
                 }
@@ -403,10 +426,10 @@ impl Keeper {
     async fn run(mut self) {
         loop {
             let id = self.grant().await;
-            tracing::info!(lease = id, ttl = ?self.ttl, "lease granted");
+            tracing::info!(lease = %LeaseId(id), ttl = ?self.ttl, "lease granted");
             self.current.send_replace(Some(id));
             let End::Lost(why) = self.keep(id).await;
-            tracing::warn!(lease = id, reason = %why, "lease lost; granting a new one");
+            tracing::warn!(lease = %LeaseId(id), reason = %why, "lease lost; granting a new one");
             // Lost in our view; etcd may still hold it (see the module documentation).
             self.superseded.send_modify(|s| {
                 s.insert(id);
@@ -462,7 +485,7 @@ impl Keeper {
             let session = match self.etcd.session().await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(lease = id, error = %e, "cannot connect for keepalive");
+                    tracing::debug!(lease = %LeaseId(id), error = %e, "cannot connect for keepalive");
                     note_failure(&mut failing, id, self.ttl);
                     if let Some(end) = self.pause(&mut backoff, id).await {
                         return end;
@@ -478,7 +501,7 @@ impl Keeper {
                     return End::Lost("etcd no longer knows the lease".into())
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(lease = id, error = %e, "keepalive stream failed to open");
+                    tracing::debug!(lease = %LeaseId(id), error = %e, "keepalive stream failed to open");
                     note_failure(&mut failing, id, self.ttl);
                     if is_transient(&e) {
                         self.etcd.failed(session.generation()).await;
@@ -501,7 +524,7 @@ impl Keeper {
             alive_until = Instant::now() + self.ttl;
             backoff.reset();
             if std::mem::take(&mut failing) {
-                tracing::info!(lease = id, "lease keepalive works again");
+                tracing::info!(lease = %LeaseId(id), "lease keepalive works again");
                 self.reconnected.send_modify(|n| *n = n.wrapping_add(1));
             }
             let mut tick = tokio::time::interval(period);
@@ -534,7 +557,7 @@ impl Keeper {
                     }
                     other => {
                         let answer = other.map(|r| r.map(|_| ()));
-                        tracing::debug!(lease = id, ?answer, "keepalive stream broke; reopening");
+                        tracing::debug!(lease = %LeaseId(id), ?answer, "keepalive stream broke; reopening");
                         self.etcd.failed(session.generation()).await;
                         note_failure(&mut failing, id, self.ttl);
                         break;
@@ -562,9 +585,26 @@ impl Keeper {
 fn note_failure(failing: &mut bool, id: i64, ttl: Duration) {
     if !std::mem::replace(failing, true) {
         tracing::warn!(
-            lease = id,
+            lease = %LeaseId(id),
             ?ttl,
             "lease keepalive failing; retrying on other etcd members until the TTL runs out"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseId;
+
+    /// etcdctl prints `%016x`: a leading zero digit stays, or the id would not match its output.
+    #[test]
+    fn lease_ids_print_as_etcdctl_prints_them() {
+        assert_eq!(
+            LeaseId(0x0e91_a230_775e_3c06).to_string(),
+            "0e91a230775e3c06"
+        );
+        assert_eq!(LeaseId(7587881469370459149).to_string(), "694d91fe7b98640d");
+        let json = serde_json::to_string(&Some(LeaseId(1))).unwrap_or_default();
+        assert_eq!(json, "\"0000000000000001\"");
     }
 }

@@ -1,0 +1,248 @@
+//! The admin HTTP server both programs run: loopback only, because it has no
+//! authentication and a program may add routes that change what it does.
+//!
+//! - `GET /health`: `ok` while the process serves requests (a liveness probe).
+//! - `GET /status`: the program's status document, as JSON.
+//! - `POST /...`: the program's own routes ([`Routes::post`]).
+//!
+//! Every answer other than `/health` is JSON; mistakes get 404 or 405 with an `error`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// An answer: status code and JSON body.
+pub type Reply = (StatusCode, Value);
+
+/// What a program serves beyond `/health`. Called on the server's tasks: keep it quick.
+pub trait Routes: Send + Sync + 'static {
+    /// The `GET /status` document.
+    fn status(&self) -> Value;
+
+    /// Whether `POST` to `segments` (the path split at `/`, without the empty first one)
+    /// is a route, so that another method there is answered 405 rather than 404.
+    fn is_post(&self, _segments: &[&str]) -> bool {
+        false
+    }
+
+    /// Carries out `POST` to `segments`; only called when [`Routes::is_post`] said yes.
+    fn post(&self, _segments: &[&str]) -> Reply {
+        (StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+    }
+
+    /// The routes, listed in a 404 answer.
+    fn endpoints(&self) -> Vec<&'static str> {
+        vec!["GET /health", "GET /status"]
+    }
+}
+
+/// [`Routes`] serving only a status document made by a closure.
+pub struct StatusOnly<F>(pub F);
+
+impl<F: Fn() -> Value + Send + Sync + 'static> Routes for StatusOnly<F> {
+    fn status(&self) -> Value {
+        (self.0)()
+    }
+}
+
+/// A running admin server. Dropping it stops accepting at once; [`AdminServer::stop`]
+/// also waits until the port is closed.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `addr` (which must be loopback) and serves `routes` on it.
+    pub async fn bind(addr: SocketAddr, routes: Arc<dyn Routes>) -> std::io::Result<Self> {
+        refuse_beyond_loopback(addr)?;
+        Self::start(TcpListener::bind(addr).await?, routes)
+    }
+
+    /// Serves `routes` on a listener bound already (which must be on loopback).
+    pub fn start(listener: TcpListener, routes: Arc<dyn Routes>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        refuse_beyond_loopback(addr)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept(listener, routes, stop.clone()));
+        tracing::info!(%addr, "admin server listening");
+        Ok(AdminServer {
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server; on return the port is closed.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Configuration validation refuses other addresses with the key's name; this is the last
+/// line for a server built in code.
+fn refuse_beyond_loopback(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{addr} is not a loopback address: the admin server has no authentication"),
+    ))
+}
+
+async fn accept(listener: TcpListener, routes: Arc<dyn Routes>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning; keep serving.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let routes = routes.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let routes = routes.clone();
+                async move { Ok::<_, Infallible>(respond(&req, routes.as_ref())) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "admin connection failed");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Routes one request.
+pub fn respond(req: &Request<Incoming>, routes: &dyn Routes) -> Response<Full<Bytes>> {
+    route(req.method(), req.uri().path(), routes)
+}
+
+fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Bytes>> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let (code, body) = match (method, segments.as_slice()) {
+        (&Method::GET, ["health"]) => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["status"]) => (StatusCode::OK, routes.status()),
+        (&Method::POST, s) if routes.is_post(s) => routes.post(s),
+        (_, ["health" | "status"]) => wrong_method("GET"),
+        (_, s) if routes.is_post(s) => wrong_method("POST"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "not found", "endpoints": routes.endpoints() }),
+        ),
+    };
+    let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    body.push(b'\n');
+    with_type(code, "application/json", body)
+}
+
+fn wrong_method(allowed: &str) -> Reply {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({ "error": format!("wrong method: use {allowed}") }),
+    )
+}
+
+fn text(code: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(code, "text/plain", body.as_bytes().to_vec())
+}
+
+fn with_type(code: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Switch;
+
+    impl Routes for Switch {
+        fn status(&self) -> Value {
+            json!({ "on": true })
+        }
+        fn is_post(&self, segments: &[&str]) -> bool {
+            segments == ["off"]
+        }
+        fn post(&self, _: &[&str]) -> Reply {
+            (StatusCode::OK, json!({ "on": false }))
+        }
+    }
+
+    fn code(method: Method, path: &str) -> StatusCode {
+        route(&method, path, &Switch).status()
+    }
+
+    #[test]
+    fn routes_answer_by_method_and_path() {
+        assert_eq!(code(Method::GET, "/health"), StatusCode::OK);
+        assert_eq!(code(Method::GET, "/status/"), StatusCode::OK);
+        assert_eq!(code(Method::POST, "/off"), StatusCode::OK);
+        assert_eq!(code(Method::GET, "/off"), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            code(Method::POST, "/status"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(code(Method::GET, "/nothing"), StatusCode::NOT_FOUND);
+        assert_eq!(code(Method::POST, "/nothing"), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn only_loopback_is_served() {
+        let routes: Arc<dyn Routes> = Arc::new(Switch);
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        let refused = AdminServer::bind(any, routes.clone()).await.err();
+        assert_eq!(
+            refused.map(|e| e.kind()),
+            Some(std::io::ErrorKind::InvalidInput)
+        );
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let served = AdminServer::bind(local, routes).await;
+        assert!(served.is_ok_and(|s| s.addr().ip().is_loopback()));
+    }
+}

@@ -1,0 +1,212 @@
+//! The life of a daemon process: command line, logging, runtime, then signals turned into
+//! the program's operations until SIGTERM or SIGINT.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use crate::cli::{About, Cli};
+
+/// An error from starting a program, with its `source()` chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a program provides to [`main`].
+pub trait Daemon: Sized {
+    type Config: Send + 'static;
+    type ConfigError: Display + Send + 'static;
+
+    /// Reads and validates the configuration file; the error names the file and the key.
+    /// Runs on the blocking pool for a reload.
+    fn load(path: &Path) -> Result<Self::Config, Self::ConfigError>;
+
+    /// Runs after logging is set up and before the runtime starts.
+    fn prepare(_config: &Self::Config) {}
+
+    /// Starts everything; signals are already being caught.
+    fn start(config: Self::Config) -> impl Future<Output = Result<Self, BoxError>>;
+
+    /// Applies a new, valid configuration. A rejected reload is logged by the program and
+    /// leaves the running configuration in force.
+    fn reload(&mut self, config: Self::Config) -> impl Future<Output = ()>;
+
+    /// Stops, doing whatever a clean exit means for the program.
+    fn shutdown(self) -> impl Future<Output = ()>;
+}
+
+/// The whole `main` of a daemon: parse the command line, then `--check-config` or run.
+pub fn main<D: Daemon>(about: About) -> ExitCode {
+    let cli = Cli::parse_for(&about);
+    if cli.check_config {
+        return check_config::<D>(&cli.config);
+    }
+    crate::logging::init(cli.log_format);
+    let config = match D::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    D::prepare(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(serve::<D>(about, cli.config, config));
+    // A reload still parsing a huge file on the blocking pool must not hold the exit, as
+    // the default drop of the runtime would.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %chain(e.as_ref()), "{} failed", about.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config`: "ok" on stdout, or the problem on stderr and exit 1. No logging.
+fn check_config<D: Daemon>(path: &Path) -> ExitCode {
+    match D::load(path) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, `outer: inner: ...`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The stop signals and SIGHUP, caught from before the program starts so that a SIGTERM
+/// during start-up is not the default (abrupt) exit.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal: `Some(name)` of a stop signal, `None` for SIGHUP. Cancel-safe.
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            _ = self.term.recv() => Some("SIGTERM"),
+            _ = self.int.recv() => Some("SIGINT"),
+            _ = self.hup.recv() => None,
+        }
+    }
+}
+
+/// A configuration load running on the blocking pool.
+type Loading<D> = JoinHandle<Result<<D as Daemon>::Config, <D as Daemon>::ConfigError>>;
+
+/// SIGHUPs turned into loads of the file, one at a time, off the async threads: YAML
+/// parse time grows with the square of the nesting, and SIGTERM must never wait behind it.
+struct Reloads<D: Daemon> {
+    path: PathBuf,
+    loading: Option<Loading<D>>,
+    /// A SIGHUP came during a load: the file may have changed after it was read.
+    again: bool,
+}
+
+impl<D: Daemon> Reloads<D> {
+    fn new(path: PathBuf) -> Self {
+        Reloads {
+            path,
+            loading: None,
+            again: false,
+        }
+    }
+
+    fn requested(&mut self) {
+        if self.loading.is_some() {
+            self.again = true;
+            tracing::info!("SIGHUP while reading the configuration: reading it again afterwards");
+        } else {
+            tracing::info!(file = %self.path.display(), "SIGHUP: reloading the configuration");
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        let path = self.path.clone();
+        self.loading = Some(tokio::task::spawn_blocking(move || D::load(&path)));
+    }
+
+    /// The next loaded configuration, or `None` for a file that was refused (logged
+    /// here). Never completes while no load runs.
+    async fn loaded(&mut self) -> Option<D::Config> {
+        let result = match &mut self.loading {
+            Some(handle) => handle.await,
+            None => std::future::pending().await,
+        };
+        self.loading = None;
+        if std::mem::take(&mut self.again) {
+            tracing::info!(file = %self.path.display(), "reloading the configuration again");
+            self.start();
+        }
+        match result {
+            Ok(Ok(config)) => Some(config),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reload rejected: invalid configuration; the running configuration stays");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected: reading the configuration failed; the running configuration stays");
+                None
+            }
+        }
+    }
+}
+
+async fn serve<D: Daemon>(about: About, path: PathBuf, config: D::Config) -> Result<(), BoxError> {
+    let mut signals = Signals::install()?;
+    let mut daemon = D::start(config).await?;
+    let mut reloads = Reloads::<D>::new(path);
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Some(name) => {
+                    tracing::info!("{name}: stopping {}", about.name);
+                    break;
+                }
+                None => reloads.requested(),
+            },
+            Some(config) = reloads.loaded() => daemon.reload(config).await,
+        }
+    }
+    daemon.shutdown().await;
+    Ok(())
+}
