@@ -68,6 +68,8 @@ pub struct Stats {
     /// Cancelled when the backend has drained for `drain_timeout`; connections watch it.
     /// Replaced by a fresh token when a draining backend returns.
     pub drain: ArcSwap<CancellationToken>,
+    /// [`now_ms`] when a draining backend was first seen without connections (0: not yet).
+    pub drained_at: AtomicU64,
 }
 
 impl Default for Stats {
@@ -83,6 +85,7 @@ impl Default for Stats {
             ejections: AtomicU32::new(0),
             last_ejection_end: AtomicU64::new(0),
             drain: ArcSwap::from_pointee(CancellationToken::new()),
+            drained_at: AtomicU64::new(0),
         }
     }
 }
@@ -205,20 +208,38 @@ pub fn update(old: &BackendSet, specs: Vec<BackendSpec>) -> (BackendSet, Vec<Set
     )
 }
 
-/// The set without draining backends that have no connection left; `None` when there is
-/// nothing to forget.
-pub fn prune(set: &BackendSet) -> Option<BackendSet> {
-    if set.draining.iter().all(|b| b.stats.active() > 0) {
+/// How long a drained backend (left the registry, last connection closed) stays in the set,
+/// and so on the status page, before it is forgotten: long enough for an operator watching
+/// its `active` count to see it reach 0. The next registry change forgets it sooner.
+pub const DRAINED_SHOWN_FOR: Duration = Duration::from_secs(10);
+
+/// The set without the draining backends that have had no connection for
+/// [`DRAINED_SHOWN_FOR`] at `now`; `None` when there is nothing to forget. Marks the time a
+/// draining backend is first seen without connections.
+pub fn prune(set: &BackendSet, now: u64) -> Option<BackendSet> {
+    let shown_for = DRAINED_SHOWN_FOR.as_millis() as u64;
+    let keep = |b: &Backend| {
+        if b.stats.active() > 0 {
+            b.stats.drained_at.store(0, Ordering::Relaxed);
+            return true;
+        }
+        let since =
+            match b
+                .stats
+                .drained_at
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        now.saturating_sub(since) < shown_for
+    };
+    if set.draining.iter().all(keep) {
         return None;
     }
     Some(BackendSet {
         active: set.active.clone(),
-        draining: set
-            .draining
-            .iter()
-            .filter(|b| b.stats.active() > 0)
-            .cloned()
-            .collect(),
+        draining: set.draining.iter().filter(|b| keep(b)).cloned().collect(),
         schedule: set.schedule.clone(),
     })
 }
@@ -460,12 +481,16 @@ mod tests {
         let (set2, events) = update(&set, vec![]);
         assert_eq!(events, vec![SetEvent::Removed(spec("a", 1, 1))]);
         assert_eq!(set2.draining.len(), 1);
-        assert!(prune(&set2).is_none());
+        assert!(prune(&set2, 10).is_none());
         let (set3, events) = update(&set2, vec![spec("a2", 1, 5)]);
         assert_eq!(events, vec![SetEvent::Revived(spec("a2", 1, 5))]);
         assert!(Arc::ptr_eq(&set3.active[0].stats, &set.active[0].stats));
         let (set4, _) = update(&set3, vec![]);
         set4.draining[0].stats.active.store(0, Ordering::Relaxed);
-        assert!(prune(&set4).is_some_and(|s| s.draining.is_empty()));
+        // Drained: still shown for a while, then forgotten.
+        let shown = DRAINED_SHOWN_FOR.as_millis() as u64;
+        assert!(prune(&set4, 1_000).is_none());
+        assert!(prune(&set4, 1_000 + shown - 1).is_none());
+        assert!(prune(&set4, 1_000 + shown).is_some_and(|s| s.draining.is_empty()));
     }
 }

@@ -240,10 +240,11 @@ fn note(shared: &Shared, unserved: Unserved) {
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(shared: &Shared, client: TcpStream) {
+    let accepted = std::time::Instant::now();
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
-    if !shared.wait_until_known().await {
+    if !shared.wait_until_known(accepted).await {
         shared.note_unserved("no backend set known yet");
         return;
     }

@@ -90,7 +90,6 @@ pub struct Shared {
     known: watch::Sender<bool>,
     /// Mirrors `known` for the accept path.
     ready: std::sync::atomic::AtomicBool,
-    started: Instant,
     /// Serialises ejection decisions so that the ejection limit holds.
     ejection_lock: Mutex<()>,
     registry: Mutex<RegistryState>,
@@ -123,7 +122,6 @@ impl Shared {
             listen: Mutex::new(listen),
             known: watch::channel(false).0,
             ready: std::sync::atomic::AtomicBool::new(false),
-            started: Instant::now(),
             ejection_lock: Mutex::new(()),
             registry: Mutex::new(RegistryState::default()),
             unserved: AtomicU64::new(0),
@@ -143,9 +141,9 @@ impl Shared {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Waits for a backend set, up to `startup_wait` after the service started; whether
-    /// one is known.
-    pub async fn wait_until_known(&self) -> bool {
+    /// Waits for a backend set, up to `startup_wait` after `accepted` (when the waiting
+    /// connection was accepted); whether one is known.
+    pub async fn wait_until_known(&self, accepted: Instant) -> bool {
         // The common case costs one atomic load; the watch (and its lock) is only for the
         // first seconds of a service's life.
         if self.ready.load(Ordering::Acquire) {
@@ -155,7 +153,7 @@ impl Shared {
         if *known.borrow_and_update() {
             return true;
         }
-        let deadline = self.started + self.config.load().startup_wait.get();
+        let deadline = accepted + self.config.load().startup_wait.get();
         let _ = tokio::time::timeout_at(deadline.into(), known.wait_for(|k| *k)).await;
         let ready = *known.borrow();
         ready
@@ -260,10 +258,10 @@ impl Shared {
             port: b.spec.port,
             weight: b.spec.weight,
             zone: b.spec.zone.clone(),
-            state: if state == "healthy" && b.stats.is_ejected(now) {
-                "ejected"
-            } else {
-                state
+            state: match state {
+                "healthy" if b.stats.is_ejected(now) => "ejected",
+                "draining" if b.stats.active() == 0 => "drained",
+                state => state,
             },
             active: b.stats.active(),
             total: b.stats.total.load(Ordering::Relaxed),
@@ -319,7 +317,9 @@ pub struct BackendStatus {
     pub port: u16,
     pub weight: u32,
     pub zone: Option<String>,
-    /// `healthy`, `ejected` or `draining`.
+    /// `healthy`, `ejected`, `draining` (left the registry, connections still open) or
+    /// `drained` (left the registry, its last connection closed; shown for
+    /// [`backends::DRAINED_SHOWN_FOR`] or until the next registry change).
     pub state: &'static str,
     pub active: u64,
     pub total: u64,
@@ -768,6 +768,7 @@ fn install(shared: &Arc<Shared>, set: BackendSet, events: Vec<SetEvent>) {
                     if b.stats.drain.load().is_cancelled() {
                         b.stats.drain.store(Arc::new(CancellationToken::new()));
                     }
+                    b.stats.drained_at.store(0, Ordering::Relaxed);
                 }
                 if log {
                     tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend back in the registry while draining");
@@ -837,7 +838,7 @@ fn housekeep(shared: &Shared) {
     for s in backends::restore_expired(&set, backends::now_ms()) {
         tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend restored: ejection time is up");
     }
-    if let Some(pruned) = backends::prune(&set) {
+    if let Some(pruned) = backends::prune(&set, backends::now_ms()) {
         // Only forget if nothing swapped the set meanwhile.
         let previous = shared.set.compare_and_swap(&set, Arc::new(pruned));
         if Arc::ptr_eq(&previous, &set) {

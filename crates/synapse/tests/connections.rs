@@ -260,6 +260,31 @@ async fn a_live_connection_survives_its_backends_deregistration_and_reloads() {
     synapse.shutdown().await;
 }
 
+/// The drain procedure's "watch `active` reach 0" (docs/operations.md): a backend that left
+/// the registry stays on the status page, as `drained`, once its last connection closes.
+#[tokio::test]
+async fn a_drained_backend_stays_on_the_status_page_after_its_last_connection() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let long = EchoConnection::open(addr).await.unwrap();
+    register(&etcd, "web", "b", b.port());
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    assert_eq!(active_on(&synapse, "web", a.port()), Some(("draining", 1)));
+    drop(long);
+    wait_until(
+        "the backend shows as drained with no connection",
+        DEADLINE,
+        || async { active_on(&synapse, "web", a.port()) == Some(("drained", 0)) },
+    )
+    .await;
+    synapse.shutdown().await;
+}
+
 #[tokio::test]
 async fn drain_timeout_ends_connections_to_a_removed_backend() {
     let etcd = EtcdServer::start().await;
