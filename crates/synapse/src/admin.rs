@@ -26,12 +26,12 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn start(listener: TcpListener, status: StatusFn) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
+    /// Serves on `listener`, bound at `addr`.
+    pub fn start(listener: TcpListener, addr: SocketAddr, status: StatusFn) -> Self {
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, status, stop.clone()));
         tracing::info!(%addr, "admin server listening");
-        Ok(Admin { addr, stop })
+        Admin { addr, stop }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -54,7 +54,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use registry::discovery::{self, DiscoveryOptions};
 use registry::Etcd;
@@ -111,12 +110,42 @@ fn discovery_options(etcd: &Etcd, config: &SynapseConfig) -> DiscoveryOptions {
     }
 }
 
-async fn bind(service: &ServiceConfig) -> anyhow::Result<TcpListener> {
-    forward::listen(service.listen.0).with_context(|| {
-        format!(
-            "service {:?}: cannot listen on {}",
-            service.name, service.listen
-        )
+/// Why [`Synapse::start`] or [`Synapse::reload`] refused: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("service {service:?}: cannot listen on {addr}")]
+    Listen {
+        service: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin: cannot listen on {addr}")]
+    AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("synapse is shutting down")]
+    ShuttingDown,
+}
+
+/// A service's listener, bound, with the address it got (port 0 resolved).
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+fn bind(service: &ServiceConfig) -> Result<Bound, Error> {
+    let addr = service.listen.0;
+    let bound = forward::listen(addr).and_then(|listener| {
+        let addr = listener.local_addr()?;
+        Ok(Bound { listener, addr })
+    });
+    bound.map_err(|source| Error::Listen {
+        service: service.name.clone(),
+        addr,
+        source,
     })
 }
 
@@ -174,7 +203,16 @@ fn read_cache(config: &SynapseConfig) -> BTreeMap<String, cache::CachedService> 
 impl Synapse {
     /// Binds every listener (and the admin server) and starts following the registry.
     /// Fails only when a listener cannot be bound; etcd being unreachable is not an error.
-    pub async fn start(config: SynapseConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: SynapseConfig) -> Result<Self, Error> {
+        // Every bind first: a failure leaves nothing running.
+        let mut bound = Vec::with_capacity(config.services.len());
+        for s in &config.services {
+            bound.push(bind(s)?);
+        }
+        let admin_listener = match config.admin {
+            Some(addr) => Some(bind_admin(addr.0).await?),
+            None => None,
+        };
         let cached = read_cache(&config);
         let cache = config
             .cache_file
@@ -185,19 +223,15 @@ impl Synapse {
         let plan = descriptor_plan(&config);
         report_descriptors(&config, &plan, false);
         let mut runtimes = BTreeMap::new();
-        let mut listeners = Vec::new();
-        for s in &config.services {
-            listeners.push(bind(s).await?);
-        }
-        for (s, listener) in config.services.iter().zip(listeners) {
+        for (s, bound) in config.services.iter().zip(bound) {
             warn_if_exposed(s);
             let cap = descriptor_cap(&config, &plan, &s.name);
-            let runtime = start_service(s, cap, listener, &config, &etcd, &cached, &cache, &cut)?;
+            let runtime = start_service(s, cap, bound, &config, &etcd, &cached, &cache, &cut);
             runtimes.insert(s.name.clone(), runtime);
         }
         let synapse = Synapse {
             state: tokio::sync::Mutex::new(State {
-                config: config.clone(),
+                config,
                 etcd,
                 runtimes,
                 retired: Vec::new(),
@@ -214,11 +248,9 @@ impl Synapse {
         {
             let mut state = synapse.state.lock().await;
             synapse.publish(&state);
-            if let Some(addr) = config.admin {
-                let listener = TcpListener::bind(addr.0)
-                    .await
-                    .with_context(|| format!("admin: cannot listen on {addr}"))?;
-                synapse.start_admin(&mut state, listener)?;
+            if let Some(listener) = admin_listener {
+                let admin = synapse.start_admin(listener);
+                synapse.install_admin(&mut state, Some(admin));
             }
         }
         Ok(synapse)
@@ -228,7 +260,7 @@ impl Synapse {
     pub async fn run(
         config: SynapseConfig,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<ShutdownReport> {
+    ) -> Result<ShutdownReport, Error> {
         let synapse = Synapse::start(config).await?;
         shutdown.await;
         Ok(synapse.shutdown().await)
@@ -243,7 +275,8 @@ impl Synapse {
         self.services.store(Arc::new(map));
     }
 
-    fn start_admin(&self, state: &mut State, listener: TcpListener) -> anyhow::Result<()> {
+    /// Serves `GET /status` on `listener` (bound, so this cannot fail).
+    fn start_admin(&self, listener: Bound) -> Admin {
         let services = self.services.clone();
         let status: admin::StatusFn = Arc::new(move || {
             let services: BTreeMap<String, ServiceStatus> = services
@@ -253,13 +286,16 @@ impl Synapse {
                 .collect();
             serde_json::json!({ "services": services })
         });
-        let admin = Admin::start(listener, status).context("admin server")?;
+        Admin::start(listener.listener, listener.addr, status)
+    }
+
+    /// Puts `admin` in place of the running admin server (`None`: no admin server).
+    fn install_admin(&self, state: &mut State, admin: Option<Admin>) {
         *self
             .admin_addr
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(admin.addr());
-        state.admin = Some(admin);
-        Ok(())
+            .unwrap_or_else(PoisonError::into_inner) = admin.as_ref().map(Admin::addr);
+        state.admin = admin;
     }
 
     /// The address a service listens on (useful with port 0).
@@ -284,12 +320,21 @@ impl Synapse {
             .collect()
     }
 
-    /// Applies a new configuration without cutting any connection. On error (a listener
-    /// cannot be bound) nothing has changed and the old configuration keeps running.
-    pub async fn reload(&self, new: SynapseConfig) -> anyhow::Result<Vec<Action>> {
+    /// Applies a new configuration without cutting any connection: [`Synapse::prepare`]
+    /// does every step that can fail (the binds) and changes nothing, then
+    /// [`Synapse::commit`] applies it and cannot fail. So on error nothing has changed and
+    /// the old configuration keeps running.
+    pub async fn reload(&self, new: SynapseConfig) -> Result<Vec<Action>, Error> {
         let mut state = self.state.lock().await;
+        let prepared = self.prepare(&state, new).await?;
+        Ok(self.commit(&mut state, prepared).await)
+    }
+
+    /// What `new` asks of the running `state`, with every new address bound. Changes
+    /// nothing that runs.
+    async fn prepare(&self, state: &State, new: SynapseConfig) -> Result<Prepared, Error> {
         if state.stopped {
-            anyhow::bail!("synapse is shutting down");
+            return Err(Error::ShuttingDown);
         }
         let actions: Vec<Action> = reload::diff(&state.config, &new)
             .into_iter()
@@ -307,8 +352,8 @@ impl Synapse {
                 a => a,
             })
             .collect();
-        // Bind everything new first, so that a failure leaves the old config untouched.
-        // An address held by a service this reload stops or moves is bound after it is freed.
+        // An address held by a service this reload stops or moves can only be bound once
+        // it is freed, in the commit.
         let freed: HashSet<SocketAddr> = actions
             .iter()
             .filter_map(|a| match a {
@@ -318,46 +363,40 @@ impl Synapse {
             })
             .filter(|a| a.port() != 0)
             .collect();
-        let mut listeners: BTreeMap<String, TcpListener> = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
         for a in &actions {
             if let Action::Start(s) | Action::Rebind(s) = a {
-                if freed.contains(&s.listen.0) {
-                    continue;
-                }
-                listeners.insert(s.name.clone(), bind(s).await?);
-            }
-        }
-        let mut admin_listener = None;
-        if actions.contains(&Action::Admin) {
-            if let Some(addr) = new.admin {
-                let same_as_old = state.config.admin.is_some_and(|a| a == addr);
-                if !same_as_old {
-                    admin_listener = Some(
-                        TcpListener::bind(addr.0)
-                            .await
-                            .with_context(|| format!("admin: cannot listen on {addr}"))?,
-                    );
+                if !freed.contains(&s.listen.0) {
+                    listeners.insert(s.name.clone(), bind(s)?);
                 }
             }
         }
+        let admin = match new.admin {
+            Some(addr) if actions.contains(&Action::Admin) => {
+                Some(self.start_admin(bind_admin(addr.0).await?))
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            actions,
+            listeners,
+            admin,
+            new,
+        })
+    }
+
+    /// Applies a prepared reload. Cannot fail: a service that could not take an address
+    /// freed by this very reload is logged and recorded as not started (or not moved), so
+    /// that the next reload of the same file tries again.
+    async fn commit(&self, state: &mut State, prepared: Prepared) -> Vec<Action> {
+        let Prepared {
+            actions,
+            mut listeners,
+            mut admin,
+            new,
+        } = prepared;
         if actions.contains(&Action::CacheFile) {
-            let mut cached = read_cache(&new);
-            // What the old file recorded is at least as recent as what the new path held:
-            // the new file starts with every service's last known set, etcd up or not.
-            if let Some(old) = &state.cache {
-                cached.extend(old.entries());
-            }
-            state.cache = new.cache_file.clone().map(|path| {
-                let writer = CacheWriter::start(path, cached.clone());
-                writer.write_soon();
-                writer
-            });
-            state.cached = cached;
-            // Every running service moves to the new writer (or to none), dropping the old
-            // one: a removed or moved cache file is no longer written.
-            for runtime in state.runtimes.values() {
-                runtime.shared.set_cache(state.cache.clone());
-            }
+            move_cache_file(state, &new);
         }
         if state.config.etcd != new.etcd {
             state.etcd = Etcd::new(new.etcd.clone());
@@ -366,45 +405,27 @@ impl Synapse {
         // from the configuration that actually runs.
         let plan = descriptor_plan(&new);
         let mut started = HashSet::new();
-        // The configuration actually running: a service that could not take an address
-        // freed in this reload is recorded as not started (or not moved), so that the next
-        // reload of the same file tries again instead of seeing no change.
         let mut recorded = new.clone();
         for action in &actions {
             match action {
-                Action::Stop(name) => {
-                    if let Some(runtime) = state.runtimes.remove(name) {
-                        tracing::info!(service = %name, "service removed: no longer accepting; live connections drain");
-                        let tracker = runtime.stop().await;
-                        state.retired.push(tracker);
-                        if let Some(cache) = &state.cache {
-                            cache.remove(name);
-                        }
-                    }
-                }
+                Action::Stop(name) => stop_service(state, name).await,
                 Action::Start(s) => {
-                    let listener = match listeners.remove(&s.name) {
-                        Some(l) => l,
-                        None => match bind(s).await {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"), "cannot start service after freeing its address; a later reload retries");
-                                recorded.services.retain(|r| r.name != s.name);
-                                continue;
-                            }
-                        },
+                    let Some(bound) = listeners.remove(&s.name).or_else(|| bind_freed(s)) else {
+                        recorded.services.retain(|r| r.name != s.name);
+                        continue;
                     };
                     warn_if_exposed(s);
+                    let cap = descriptor_cap(&new, &plan, &s.name);
                     let runtime = start_service(
                         s,
-                        descriptor_cap(&new, &plan, &s.name),
-                        listener,
+                        cap,
+                        bound,
                         &new,
                         &state.etcd,
                         &state.cached,
                         &state.cache,
                         &self.cut,
-                    )?;
+                    );
                     tracing::info!(service = %s.name, listen = %runtime.shared.listen_addr(), "service added");
                     state.runtimes.insert(s.name.clone(), runtime);
                     started.insert(s.name.clone());
@@ -416,29 +437,11 @@ impl Synapse {
                     }
                 }
                 Action::Rebind(s) => {
-                    let listener = listeners.remove(&s.name);
                     let unmoved = state.config.service(&s.name).cloned();
+                    let bound = listeners.remove(&s.name);
                     if let Some(runtime) = state.runtimes.get_mut(&s.name) {
-                        runtime.shared.update_config(s.clone());
-                        let listener = match listener {
-                            Some(l) => Some(l),
-                            None => {
-                                // Our own old address, or one a stopped service freed.
-                                runtime.stop_accepting_only().await;
-                                match bind(s).await {
-                                    Ok(l) => Some(l),
-                                    Err(e) => {
-                                        tracing::error!(error = %format!("{e:#}"), "cannot move service to its new address: it is not listening; a later reload retries");
-                                        recorded_as_unmoved(&mut recorded, unmoved);
-                                        None
-                                    }
-                                }
-                            }
-                        };
-                        if let Some(l) = listener {
-                            warn_if_exposed(s);
-                            runtime.rebind(l).await;
-                            tracing::info!(service = %s.name, listen = %runtime.shared.listen_addr(), "service moved to a new listen address");
+                        if !move_service(runtime, s, bound).await {
+                            recorded_as_unmoved(&mut recorded, unmoved);
                         }
                     }
                 }
@@ -446,11 +449,8 @@ impl Synapse {
                     let etcd = state.etcd.clone();
                     for (name, runtime) in state.runtimes.iter_mut() {
                         if !started.contains(name) {
-                            runtime.rediscover(discovery::spawn(
-                                etcd.clone(),
-                                name,
-                                discovery_options(&etcd, &new),
-                            ));
+                            let options = discovery_options(&etcd, &new);
+                            runtime.rediscover(discovery::spawn(etcd.clone(), name, options));
                         }
                     }
                     tracing::info!(
@@ -463,17 +463,8 @@ impl Synapse {
                     }
                 }
                 Action::Admin => {
-                    if state.config.admin.is_some() && new.admin.is_none() {
-                        state.admin = None;
-                        *self
-                            .admin_addr
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = None;
-                    }
-                    if let Some(listener) = admin_listener.take() {
-                        state.admin = None;
-                        self.start_admin(&mut state, listener)?;
-                    }
+                    // Either the new server prepared on its new address, or none.
+                    self.install_admin(state, admin.take());
                 }
                 Action::CacheFile => {}
             }
@@ -491,8 +482,8 @@ impl Synapse {
         }
         state.descriptors = plan;
         state.retired.retain(|t| !t.is_empty());
-        self.publish(&state);
-        Ok(actions)
+        self.publish(state);
+        actions
     }
 
     /// Stops accepting everywhere, lets live connections finish for up to
@@ -553,32 +544,130 @@ fn recorded_as_unmoved(recorded: &mut SynapseConfig, unmoved: Option<ServiceConf
     }
 }
 
+/// A reload with every fallible step done: what [`Synapse::commit`] applies.
+struct Prepared {
+    actions: Vec<Action>,
+    /// New listeners of started and moved services (except on addresses this reload frees).
+    listeners: BTreeMap<String, Bound>,
+    /// The admin server already serving on its new address, when it moves.
+    admin: Option<Admin>,
+    new: SynapseConfig,
+}
+
+async fn bind_admin(addr: SocketAddr) -> Result<Bound, Error> {
+    let bound = match TcpListener::bind(addr).await {
+        Ok(listener) => listener.local_addr().map(|addr| Bound { listener, addr }),
+        Err(e) => Err(e),
+    };
+    bound.map_err(|source| Error::AdminListen { addr, source })
+}
+
+/// Binds a service's address that this reload has just freed; `None` (logged) when that
+/// fails, for a later reload to retry.
+fn bind_freed(s: &ServiceConfig) -> Option<Bound> {
+    bind(s)
+        .inspect_err(|e| {
+            tracing::error!(error = %error_chain(e), "cannot start service after freeing its address; a later reload retries")
+        })
+        .ok()
+}
+
+/// An error with its causes, `a: b: c`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Stops a removed service: no longer accepting; its live connections drain.
+async fn stop_service(state: &mut State, name: &str) {
+    if let Some(runtime) = state.runtimes.remove(name) {
+        tracing::info!(service = %name, "service removed: no longer accepting; live connections drain");
+        let tracker = runtime.stop().await;
+        state.retired.push(tracker);
+        if let Some(cache) = &state.cache {
+            cache.remove(name);
+        }
+    }
+}
+
+/// Moves a service to its new listen address (`bound`, or bound now that its old address
+/// or one a stopped service held is free); whether it listens there.
+async fn move_service(
+    runtime: &mut ServiceRuntime,
+    s: &ServiceConfig,
+    bound: Option<Bound>,
+) -> bool {
+    runtime.shared.update_config(s.clone());
+    let bound = match bound {
+        Some(b) => b,
+        None => {
+            // Our own old address, or one a stopped service freed.
+            runtime.stop_accepting_only().await;
+            match bind(s) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "cannot move service to its new address: it is not listening; a later reload retries");
+                    return false;
+                }
+            }
+        }
+    };
+    warn_if_exposed(s);
+    runtime.rebind(bound.listener, bound.addr).await;
+    tracing::info!(service = %s.name, listen = %bound.addr, "service moved to a new listen address");
+    true
+}
+
+/// Moves every service to the cache file `new` names (or to none): the new file starts
+/// with every service's last known set, etcd up or not.
+fn move_cache_file(state: &mut State, new: &SynapseConfig) {
+    let mut cached = read_cache(new);
+    // What the old file recorded is at least as recent as what the new path held.
+    if let Some(old) = &state.cache {
+        cached.extend(old.entries());
+    }
+    state.cache = new.cache_file.clone().map(|path| {
+        let writer = CacheWriter::start(path, cached.clone());
+        writer.write_soon();
+        writer
+    });
+    state.cached = cached;
+    // Dropping the old writer: a removed or moved cache file is no longer written.
+    for runtime in state.runtimes.values() {
+        runtime.shared.set_cache(state.cache.clone());
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn start_service(
     s: &ServiceConfig,
     descriptor_cap: Option<u32>,
-    listener: TcpListener,
+    bound: Bound,
     config: &SynapseConfig,
     etcd: &Etcd,
     cached: &BTreeMap<String, cache::CachedService>,
     cache: &Option<Arc<CacheWriter>>,
     cut: &CancellationToken,
-) -> anyhow::Result<ServiceRuntime> {
-    let addr = listener
-        .local_addr()
-        .with_context(|| format!("service {:?}: listener address", s.name))?;
-    let shared = Shared::new(s.clone(), config.zone.clone(), addr, cut.child_token());
+) -> ServiceRuntime {
+    let shared = Shared::new(
+        s.clone(),
+        config.zone.clone(),
+        bound.addr,
+        cut.child_token(),
+    );
     shared.set_cache(cache.clone());
     shared.set_descriptor_cap(descriptor_cap);
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
     let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd, config));
-    Ok(ServiceRuntime::start(
-        shared,
-        listener,
-        Sources { discovery, initial },
-    ))
+    ServiceRuntime::start(shared, bound.listener, Sources { discovery, initial })
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ async fn run(args: Args, config: SynapseConfig) -> anyhow::Result<()> {
                 match parsed {
                     Ok(Ok(new)) => match synapse.reload(new).await {
                         Ok(actions) => tracing::info!(changes = actions.len(), "configuration reloaded"),
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps running"),
+                        Err(e) => tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "reload rejected; the previous configuration keeps running"),
                     },
                     Ok(Err(e)) => tracing::error!(error = %e, "reload rejected: invalid configuration; the previous configuration keeps running"),
                     Err(e) => tracing::error!(error = %e, "reload failed while reading the configuration; the previous configuration keeps running"),

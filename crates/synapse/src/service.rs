@@ -419,14 +419,12 @@ impl ServiceRuntime {
     }
 
     /// Moves the service to a new listener; connections accepted on the old one run on.
-    pub async fn rebind(&mut self, listener: TcpListener) {
-        if let Ok(addr) = listener.local_addr() {
-            *self
-                .shared
-                .listen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = addr;
-        }
+    pub async fn rebind(&mut self, listener: TcpListener, addr: SocketAddr) {
+        *self
+            .shared
+            .listen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = addr;
         self.stop_accepting_only().await;
         self.stop_accepting = CancellationToken::new();
         self.accept = Some(tokio::spawn(accept_loop(
