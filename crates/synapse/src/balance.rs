@@ -133,6 +133,7 @@ fn weight_groups(scaled: &[i64]) -> Vec<WeightGroup> {
 /// weight, then within them local healthy ones (when zone affinity holds), else healthy
 /// ones, else (panic: everything looks dead) ejected ones too. Empty only when every
 /// backend with a weight has been tried.
+#[cfg(test)]
 pub fn pool(candidates: &[Candidate], tried: &[usize], zone: Option<ZoneAffinity>) -> Vec<usize> {
     let mut out = Vec::new();
     pool_into(candidates, tried, zone, &mut out);
@@ -246,6 +247,7 @@ pub fn pick_random<R: Rng>(candidates: &[Candidate], pool: &[usize], rng: &mut R
 }
 
 /// One pick with `policy`: the pool, then the policy's choice within it.
+#[cfg(test)]
 pub fn pick<R: Rng>(
     policy: Balance,
     candidates: &[Candidate],
@@ -268,7 +270,8 @@ pub fn pick<R: Rng>(
     )
 }
 
-/// [`pick`] with the pool built in a caller's buffer (see [`pool_into`]).
+/// One pick with `policy` (the pool, then the policy's choice within it), with the pool
+/// built in a caller's buffer (see [`pool_into`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pick_in<R: Rng>(
     policy: Balance,

@@ -34,20 +34,23 @@
 //! Operators' documentation: `docs/synapse.md`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backends;
-pub mod balance;
+mod admin;
+mod backends;
+mod balance;
 pub mod cache;
 pub mod config;
-pub mod copy;
+mod copy;
 pub mod descriptors;
-pub mod forward;
-pub mod limit;
-pub mod quiet;
-pub mod reload;
-pub mod replay;
-pub mod resolve;
-pub mod service;
+mod ejection;
+mod forward;
+mod limit;
+mod quiet;
+mod reload;
+mod replay;
+mod resolution;
+mod resolve;
+mod service;
+mod state;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -61,19 +64,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use backends::Source;
 pub use config::{Balance, ServiceConfig, SynapseConfig};
 pub use reload::Action;
-pub use service::ServiceStatus;
+pub use state::{BackendStatus, GraceState, RegistryState, ServiceStatus};
 
 use crate::admin::Admin;
-use crate::backends::Source;
 use crate::cache::CacheWriter;
-use crate::service::{ServiceRuntime, Shared, Sources};
+use crate::service::{ServiceRuntime, Sources};
+use crate::state::ServiceState;
 
 /// A running synapse. Every method takes `&self`; reloads and shutdown are serialised.
 pub struct Synapse {
     state: tokio::sync::Mutex<State>,
-    services: Arc<ArcSwap<BTreeMap<String, Arc<Shared>>>>,
+    services: Arc<ArcSwap<BTreeMap<String, Arc<ServiceState>>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
     cut: CancellationToken,
 }
@@ -270,7 +274,7 @@ impl Synapse {
         let map = state
             .runtimes
             .iter()
-            .map(|(n, r)| (n.clone(), r.shared.clone()))
+            .map(|(n, r)| (n.clone(), r.state().clone()))
             .collect();
         self.services.store(Arc::new(map));
     }
@@ -345,7 +349,7 @@ impl Synapse {
                     if state
                         .runtimes
                         .get(&s.name)
-                        .is_some_and(|r| r.shared.listen_addr() == s.listen.0) =>
+                        .is_some_and(|r| r.state().listen_addr() == s.listen.0) =>
                 {
                     Action::Update(s)
                 }
@@ -357,8 +361,8 @@ impl Synapse {
         let freed: HashSet<SocketAddr> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop(n) => state.runtimes.get(n).map(|r| r.shared.listen_addr()),
-                Action::Rebind(s) => state.runtimes.get(&s.name).map(|r| r.shared.listen_addr()),
+                Action::Stop(n) => state.runtimes.get(n).map(|r| r.state().listen_addr()),
+                Action::Rebind(s) => state.runtimes.get(&s.name).map(|r| r.state().listen_addr()),
                 _ => None,
             })
             .filter(|a| a.port() != 0)
@@ -426,13 +430,13 @@ impl Synapse {
                         &state.cache,
                         &self.cut,
                     );
-                    tracing::info!(service = %s.name, listen = %runtime.shared.listen_addr(), "service added");
+                    tracing::info!(service = %s.name, listen = %runtime.state().listen_addr(), "service added");
                     state.runtimes.insert(s.name.clone(), runtime);
                     started.insert(s.name.clone());
                 }
                 Action::Update(s) => {
                     if let Some(runtime) = state.runtimes.get(&s.name) {
-                        runtime.shared.update_config(s.clone());
+                        runtime.state().update_config(s.clone());
                         tracing::info!(service = %s.name, "service updated in place");
                     }
                 }
@@ -459,7 +463,7 @@ impl Synapse {
                 }
                 Action::Zone(zone) => {
                     for runtime in state.runtimes.values() {
-                        runtime.shared.set_zone(zone.clone());
+                        runtime.state().set_zone(zone.clone());
                     }
                 }
                 Action::Admin => {
@@ -477,7 +481,7 @@ impl Synapse {
         }
         for (name, runtime) in &state.runtimes {
             runtime
-                .shared
+                .state()
                 .set_descriptor_cap(descriptor_cap(&state.config, &plan, name));
         }
         state.descriptors = plan;
@@ -494,8 +498,8 @@ impl Synapse {
         let mut trackers = std::mem::take(&mut state.retired);
         for runtime in state.runtimes.values_mut() {
             runtime.stop_accepting_only().await;
-            runtime.connections.close();
-            trackers.push(runtime.connections.clone());
+            runtime.connections().close();
+            trackers.push(runtime.connections().clone());
         }
         // The admin server stays up while connections drain, so the drain can be watched.
         let timeout = state.config.shutdown_timeout.get();
@@ -603,7 +607,7 @@ async fn move_service(
     s: &ServiceConfig,
     bound: Option<Bound>,
 ) -> bool {
-    runtime.shared.update_config(s.clone());
+    runtime.state().update_config(s.clone());
     let bound = match bound {
         Some(b) => b,
         None => {
@@ -640,7 +644,7 @@ fn move_cache_file(state: &mut State, new: &SynapseConfig) {
     state.cached = cached;
     // Dropping the old writer: a removed or moved cache file is no longer written.
     for runtime in state.runtimes.values() {
-        runtime.shared.set_cache(state.cache.clone());
+        runtime.set_cache(state.cache.clone());
     }
 }
 
@@ -655,19 +659,15 @@ fn start_service(
     cache: &Option<Arc<CacheWriter>>,
     cut: &CancellationToken,
 ) -> ServiceRuntime {
-    let shared = Shared::new(
-        s.clone(),
-        config.zone.clone(),
-        bound.addr,
-        cut.child_token(),
-    );
-    shared.set_cache(cache.clone());
-    shared.set_descriptor_cap(descriptor_cap);
+    let zone = config.zone.clone();
+    let state = ServiceState::new(s.clone(), zone, bound.addr, cut.child_token());
+    state.set_descriptor_cap(descriptor_cap);
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
     let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd, config));
-    ServiceRuntime::start(shared, bound.listener, Sources { discovery, initial })
+    let sources = Sources { discovery, initial };
+    ServiceRuntime::start(state, bound.listener, sources, cache.clone())
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use registry::ConfigDuration;
-use synapse::backends::Source;
 use synapse::config::{DefaultServer, ListenAddr};
 use synapse::Balance;
+use synapse::Source;
 use testkit::backend::EchoConnection;
 use testkit::{wait_until, Backend, EtcdServer};
 use tokio::io::AsyncReadExt;
