@@ -161,7 +161,10 @@ fn is_exposed(addr: SocketAddr) -> bool {
 
 fn warn_if_exposed(service: &ServiceConfig) {
     if is_exposed(service.listen.0) {
-        tracing::warn!(service = %service.name, listen = %service.listen, "listening on a non-loopback address: other hosts can reach this service through synapse");
+        tracing::warn!(
+            service = %service.name, listen = %service.listen,
+            "listening on a non-loopback address: other hosts can reach this service through synapse"
+        );
     }
 }
 
@@ -198,7 +201,7 @@ fn read_cache(config: &SynapseConfig) -> BTreeMap<String, cache::CachedService> 
             c
         }
         Err(e) => {
-            tracing::warn!(error = %e, "ignoring the cache file");
+            tracing::warn!(error = %error_chain(&e), "ignoring the cache file");
             BTreeMap::new()
         }
     }
@@ -430,14 +433,17 @@ impl Synapse {
                         &state.cache,
                         &self.cut,
                     );
-                    tracing::info!(service = %s.name, listen = %runtime.state().listen_addr(), "service added");
+                    let service = runtime.state();
+                    let listen = service.listen_addr();
+                    service.in_scope(|| tracing::info!(%listen, "service added"));
                     state.runtimes.insert(s.name.clone(), runtime);
                     started.insert(s.name.clone());
                 }
                 Action::Update(s) => {
                     if let Some(runtime) = state.runtimes.get(&s.name) {
-                        runtime.state().update_config(s.clone());
-                        tracing::info!(service = %s.name, "service updated in place");
+                        let service = runtime.state();
+                        service.update_config(s.clone());
+                        service.in_scope(|| tracing::info!("service updated in place"));
                     }
                 }
                 Action::Rebind(s) => {
@@ -505,7 +511,10 @@ impl Synapse {
         let timeout = state.config.shutdown_timeout.get();
         let live: usize = trackers.iter().map(|t| t.len()).sum();
         if live > 0 {
-            tracing::info!(connections = live, timeout = ?timeout, "shutting down: waiting for live connections to finish");
+            tracing::info!(
+                connections = live, timeout = ?timeout,
+                "shutting down: waiting for live connections to finish"
+            );
         }
         let all_done = async {
             for t in &trackers {
@@ -571,7 +580,11 @@ async fn bind_admin(addr: SocketAddr) -> Result<Bound, Error> {
 fn bind_freed(s: &ServiceConfig) -> Option<Bound> {
     bind(s)
         .inspect_err(|e| {
-            tracing::error!(error = %error_chain(e), "cannot start service after freeing its address; a later reload retries")
+            tracing::error!(
+                service = %s.name,
+                error = %error_chain(e),
+                "cannot start service after freeing its address; a later reload retries"
+            )
         })
         .ok()
 }
@@ -591,7 +604,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Stops a removed service: no longer accepting; its live connections drain.
 async fn stop_service(state: &mut State, name: &str) {
     if let Some(runtime) = state.runtimes.remove(name) {
-        tracing::info!(service = %name, "service removed: no longer accepting; live connections drain");
+        runtime.state().in_scope(|| {
+            tracing::info!("service removed: no longer accepting; live connections drain")
+        });
         let tracker = runtime.stop().await;
         state.retired.push(tracker);
         if let Some(cache) = &state.cache {
@@ -616,7 +631,12 @@ async fn move_service(
             match bind(s) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::error!(error = %error_chain(&e), "cannot move service to its new address: it is not listening; a later reload retries");
+                    let _in = runtime.state().span().enter();
+                    tracing::error!(
+                        error = %error_chain(&e),
+                        "cannot move service to its new address: it is not listening; \
+                         a later reload retries"
+                    );
                     return false;
                 }
             }
@@ -624,7 +644,10 @@ async fn move_service(
     };
     warn_if_exposed(s);
     runtime.rebind(bound.listener, bound.addr).await;
-    tracing::info!(service = %s.name, listen = %bound.addr, "service moved to a new listen address");
+    let listen = bound.addr;
+    runtime
+        .state()
+        .in_scope(|| tracing::info!(%listen, "service moved to a new listen address"));
     true
 }
 
