@@ -7,7 +7,7 @@
 //! service would take every descriptor and the other services' connections would fail.
 //! So when the limit is below what `max_connections` asks for, the budget left after
 //! [`reserve`] is split between the services ([`shares`]): each can then exhaust only its
-//! own share, and the accept loop stops at it ([`crate::limit`]) as at `max_connections`.
+//! own share, and the accept loop stops at it (`crate::limit`) as at `max_connections`.
 //!
 //! The decisions ([`needed`], [`shares`], [`plan`]) are pure; [`raise_soft_limit`] and
 //! [`soft_limit`] are the only system calls.

@@ -129,14 +129,23 @@ impl EjectionState {
     }
 }
 
-/// The one owner of a service's ejection decisions: serialises them and logs them. Log
-/// lines carry the service from the caller's span.
-#[derive(Debug, Default)]
+/// The one owner of a service's ejection decisions: serialises them and logs them, in the
+/// service's span (entered only to log, so a successful connect costs no span).
+#[derive(Debug)]
 pub struct Ejector {
     serial: Mutex<()>,
+    span: tracing::Span,
 }
 
 impl Ejector {
+    /// The ejector of the service whose span is `span`.
+    pub fn new(span: tracing::Span) -> Self {
+        Ejector {
+            serial: Mutex::new(()),
+            span,
+        }
+    }
+
     /// A connect to `backend` (shown as `addr`, registry id `id`) failed with `error`;
     /// `peers` are the ejection states of the service's routable backends. Maybe ejects.
     pub fn connect_failed<'a>(
@@ -151,6 +160,7 @@ impl Ejector {
             let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
             backend.record_failure(peers, policy, now_ms())
         };
+        let _in = self.span.enter();
         match outcome {
             FailureOutcome::Ejected(length) => tracing::warn!(
                 backend = %addr, %id, %error, ejected_for = ?length,
@@ -175,6 +185,7 @@ impl Ejector {
         addr: &dyn Display,
     ) {
         if backend.record_success(policy, now_ms()) {
+            let _in = self.span.enter();
             tracing::info!(backend = %addr, "backend restored: a connection succeeded");
         }
     }
@@ -190,6 +201,7 @@ impl Ejector {
         for (state, addr, id) in backends {
             if state.restore_if_expired(now) {
                 restored += 1;
+                let _in = self.span.enter();
                 tracing::info!(%id, backend = %addr, "backend restored: ejection time is up");
             }
         }

@@ -210,10 +210,8 @@ async fn connect_some(
         match attempt {
             Ok(Ok(stream)) => {
                 let ejection = backend.state.ejection();
-                service.in_scope(|| {
-                    let ejector = service.ejector();
-                    ejector.connect_succeeded(ejection, knobs.policy, &backend.addr())
-                });
+                let ejector = service.ejector();
+                ejector.connect_succeeded(ejection, knobs.policy, &backend.addr());
                 tune(&stream);
                 return Ok((stream, i));
             }
@@ -243,34 +241,32 @@ fn connect_failed(
 ) {
     backend.state.count_connect_failure();
     backend.state.resolution().mark_stale();
-    service.in_scope(|| {
-        service.ejector().connect_failed(
-            backend.state.ejection(),
-            set.active.iter().map(|b| b.state.ejection()),
-            policy,
-            (&backend.addr(), &backend.spec.id),
-            error,
-        )
-    });
+    service.ejector().connect_failed(
+        backend.state.ejection(),
+        set.active.iter().map(|b| b.state.ejection()),
+        policy,
+        (&backend.addr(), &backend.spec.id),
+        error,
+    );
 }
 
 fn note(service: &ServiceState, unserved: Unserved) {
-    service.in_scope(|| match unserved {
+    match unserved {
         Unserved::NoBackend(why) => service.note_unserved(why),
         Unserved::Exhausted(e) => service.note_unserved(&format!("cannot open a connection: {e}")),
-    })
+    }
 }
 
 /// Serves one accepted client connection to its end. Runs in the connection's span (a
-/// debug span, free when debug logging is off); its warnings and info lines are recorded in
-/// the service's span ([`ServiceState::in_scope`]), entered only when one is logged.
+/// debug span, free when debug logging is off); its warnings and info lines (ejections,
+/// unserved clients) are recorded in the service's span, entered only when one is logged.
 pub async fn serve(service: &ServiceState, client: TcpStream) {
     let accepted = std::time::Instant::now();
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
     if !service.wait_until_known(accepted).await {
-        service.in_scope(|| service.note_unserved("no backend set known yet"));
+        service.note_unserved("no backend set known yet");
         return;
     }
     let knobs = {

@@ -3,30 +3,48 @@
 //! instances registered in etcd, so applications dial `127.0.0.1:PORT` and never learn an
 //! address.
 //!
-//! Layout, one file per concept (pure logic apart from I/O, so it can be tested as such):
+//! Layout, one file per concept, bottom up: each module uses only those listed before it
+//! (no import circle), and pure logic stays apart from I/O so it can be tested as such.
 //! - [`config`]: the configuration file, its defaults and validation (errors name the key).
-//! - [`balance`]: pure backend picks (smooth weighted round robin, power of two choices,
+//! - `balance`: pure backend picks (smooth weighted round robin, power of two choices,
 //!   weighted random), zone affinity and the ejection panic fallback.
-//! - [`backends`]: the immutable backend set, the pure update from a registry view
-//!   (stats kept, removed backends draining), per-backend stats and outlier ejection.
-//! - [`service`]: a service at run time: listener, accept loop with backpressure, and the
-//!   follower that turns registry views (or the cache, or `default_servers`) into sets.
-//! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
-//! - [`replay`]: `retry_unanswered`: a request its backend closed on before answering is
-//!   sent again to another backend.
-//! - [`resolve`]: DNS names among the backends, resolved in the background and kept
-//!   through DNS failures.
-//! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
-//! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
-//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and
-//!   each service's share of it when it is short (a cap below `max_connections`).
-//! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
+//! - `resolution`: what is kept about a backend's DNS name (addresses, lookup times); data
+//!   only.
+//! - `ejection`: passive outlier ejection, all of it: each backend's ejection state, the
+//!   policy (pure functions) and the per-service `Ejector` that serialises decisions, ends
+//!   expired ejections and logs ejections and restorations.
+//! - `backends`: a backend is its identity (`BackendSpec`) plus its mutable `BackendState`
+//!   (counters, ejection, DNS addresses, drain); the immutable backend set and its pure
+//!   update from a registry view (state kept, removed backends draining, drained ones
+//!   shown for a while).
+//! - `limit`: `max_connections` as a lock-free counter the accept loop waits on.
+//! - `state`: one service's state at run time, a handle over private fields that everything
+//!   above uses through methods (configuration, backend set, readiness, the ejector, the
+//!   status page); it carries the watch channel on which the follower publishes its source
+//!   choice (etcd, else the cache file, else `default_servers`).
+//! - `resolve`: DNS names among the backends, resolved in the background and kept through
+//!   DNS failures.
+//! - `copy`: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
+//! - `quiet`: a future polled only when it woke the task, for the rarely firing branches
 //!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
+//! - `replay`: `retry_unanswered`: a request its backend closed on before answering is sent
+//!   again to another backend.
+//! - `forward`: one connection: pick, connect with timeout, retry elsewhere, relay.
 //! - [`cache`]: the cache file of last known backends, written atomically.
-//! - [`reload`]: the pure diff between two configurations that drives a SIGHUP reload.
-//! - [`admin`]: the loopback HTTP status server.
-//! - [`Synapse`] (this file): starts all of that, reloads it and shuts it down; `main.rs`
-//!   only parses the command line and turns signals into calls on it.
+//! - `service`: a service at run time: listener, accept loop with backpressure, the follower
+//!   that turns registry views (or the cache, or `default_servers`) into sets and publishes
+//!   its choice, and the cache file recorder that subscribes to it.
+//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and each
+//!   service's share of it when it is short (a cap below `max_connections`).
+//! - `reload`: the pure diff between two configurations that drives a SIGHUP reload.
+//! - `admin`: the loopback HTTP status server.
+//! - [`Synapse`] (this file): starts all of that, reloads it (prepare: every bind, nothing
+//!   changed; then commit: cannot fail) and shuts it down; `main.rs` only parses the command
+//!   line and turns signals into calls on it.
+//!
+//! Only [`config`], [`cache`] (its file format, read by tests) and [`descriptors`] (raised
+//! by `main.rs` before the runtime starts) are public modules; what else is used outside is
+//! re-exported here.
 //!
 //! Discovery itself (get + watch + resync, static stability) is `registry::discovery`,
 //! shared with anything else that needs to follow the registry.
@@ -327,9 +345,9 @@ impl Synapse {
             .collect()
     }
 
-    /// Applies a new configuration without cutting any connection: [`Synapse::prepare`]
+    /// Applies a new configuration without cutting any connection: `prepare`
     /// does every step that can fail (the binds) and changes nothing, then
-    /// [`Synapse::commit`] applies it and cannot fail. So on error nothing has changed and
+    /// `commit` applies it and cannot fail. So on error nothing has changed and
     /// the old configuration keeps running.
     pub async fn reload(&self, new: SynapseConfig) -> Result<Vec<Action>, Error> {
         let mut state = self.state.lock().await;

@@ -85,9 +85,11 @@ impl ServiceState {
         listen: SocketAddr,
         cut: CancellationToken,
     ) -> Arc<Self> {
+        let span = tracing::info_span!("service", service = %config.name);
         Arc::new(ServiceState {
             name: config.name.clone(),
-            span: tracing::info_span!("service", service = %config.name),
+            ejector: Ejector::new(span.clone()),
+            span,
             limit: Limit::new(config.max_connections),
             config: ArcSwap::from_pointee(config),
             zone: ArcSwap::from_pointee(zone),
@@ -97,7 +99,6 @@ impl ServiceState {
             listen: Mutex::new(listen),
             known: watch::channel(false).0,
             ready: AtomicBool::new(false),
-            ejector: Ejector::default(),
             chosen: watch::channel(Chosen::default()).0,
             unserved: AtomicU64::new(0),
             unserved_warned: AtomicU64::new(0),
@@ -253,20 +254,22 @@ impl ServiceState {
         let count = self.unserved.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_ms();
         let last = self.unserved_warned.load(Ordering::Relaxed);
-        if warning_due(last, now)
+        let warn = warning_due(last, now)
             && self
                 .unserved_warned
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                reason = why,
-                unserved_total = count,
-                "closing client connections unserved"
-            );
-        } else {
-            tracing::debug!(reason = why, "client connection closed unserved");
-        }
+                .is_ok();
+        self.in_scope(|| {
+            if warn {
+                tracing::warn!(
+                    reason = why,
+                    unserved_total = count,
+                    "closing client connections unserved"
+                );
+            } else {
+                tracing::debug!(reason = why, "client connection closed unserved");
+            }
+        })
     }
 
     /// What the registry said, for the status page.
@@ -368,7 +371,7 @@ pub struct BackendStatus {
     pub zone: Option<String>,
     /// `healthy`, `ejected`, `draining` (left the registry, connections still open) or
     /// `drained` (left the registry, its last connection closed; shown for
-    /// [`crate::backends::DRAINED_SHOWN_FOR`] or until the next registry change).
+    /// 10 s, or until the next registry change).
     pub state: &'static str,
     pub active: u64,
     pub total: u64,
