@@ -261,11 +261,10 @@ fn note(service: &ServiceState, unserved: Unserved) {
 /// debug span, free when debug logging is off); its warnings and info lines (ejections,
 /// unserved clients) are recorded in the service's span, entered only when one is logged.
 pub async fn serve(service: &ServiceState, client: TcpStream) {
-    let accepted = std::time::Instant::now();
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
-    if !service.wait_until_known(accepted).await {
+    if !service.wait_until_known().await {
         service.note_unserved("no backend set known yet");
         return;
     }

@@ -188,9 +188,10 @@ impl ServiceState {
         self.known.send_replace(true);
     }
 
-    /// Waits for a backend set, up to `startup_wait` after `accepted` (when the waiting
-    /// connection was accepted); whether one is known.
-    pub async fn wait_until_known(&self, accepted: Instant) -> bool {
+    /// Waits for a backend set, up to `startup_wait` from now (a connection calls it as it
+    /// starts, so each connection waits up to `startup_wait` from its own accept); whether
+    /// one is known.
+    pub async fn wait_until_known(&self) -> bool {
         // The common case costs one atomic load; the watch (and its lock) is only for the
         // first seconds of a service's life.
         if self.ready.load(Ordering::Acquire) {
@@ -200,7 +201,7 @@ impl ServiceState {
         if *known.borrow_and_update() {
             return true;
         }
-        let deadline = accepted + self.config.load().startup_wait.get();
+        let deadline = Instant::now() + self.config.load().startup_wait.get();
         let _ = tokio::time::timeout_at(deadline.into(), known.wait_for(|k| *k)).await;
         let ready = *known.borrow();
         ready
