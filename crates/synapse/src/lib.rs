@@ -439,22 +439,8 @@ impl Synapse {
                         recorded.services.retain(|r| r.name != s.name);
                         continue;
                     };
-                    warn_if_exposed(s);
                     let cap = descriptor_cap(&new, &plan, &s.name);
-                    let runtime = start_service(
-                        s,
-                        cap,
-                        bound,
-                        &new,
-                        &state.etcd,
-                        &state.cached,
-                        &state.cache,
-                        &self.cut,
-                    );
-                    let service = runtime.state();
-                    let listen = service.listen_addr();
-                    service.in_scope(|| tracing::info!(%listen, "service added"));
-                    state.runtimes.insert(s.name.clone(), runtime);
+                    self.add_service(state, s, cap, bound, &new);
                     started.insert(s.name.clone());
                 }
                 Action::Update(s) => {
@@ -498,20 +484,28 @@ impl Synapse {
             }
         }
         state.config = recorded;
-        // Services or max_connections may have changed, or the limit (prlimit --pid).
-        let plan = descriptor_plan(&state.config);
-        if plan != state.descriptors {
-            report_descriptors(&state.config, &plan, state.descriptors.short());
-        }
-        for (name, runtime) in &state.runtimes {
-            runtime
-                .state()
-                .set_descriptor_cap(descriptor_cap(&state.config, &plan, name));
-        }
-        state.descriptors = plan;
+        apply_descriptor_plan(state);
         state.retired.retain(|t| !t.is_empty());
         self.publish(state);
         actions
+    }
+
+    /// Starts service `s` (of the configuration `config`) on `bound`.
+    fn add_service(
+        &self,
+        state: &mut State,
+        s: &ServiceConfig,
+        cap: Option<u32>,
+        bound: Bound,
+        config: &SynapseConfig,
+    ) {
+        warn_if_exposed(s);
+        let (etcd, cached, cache) = (&state.etcd, &state.cached, &state.cache);
+        let runtime = start_service(s, cap, bound, config, etcd, cached, cache, &self.cut);
+        let service = runtime.state();
+        let listen = service.listen_addr();
+        service.in_scope(|| tracing::info!(%listen, "service added"));
+        state.runtimes.insert(s.name.clone(), runtime);
     }
 
     /// Stops accepting everywhere, lets live connections finish for up to
@@ -560,6 +554,20 @@ impl Synapse {
         state.admin = None;
         ShutdownReport { drained }
     }
+}
+
+/// Sets every service's descriptor cap from the configuration that runs: services or
+/// max_connections may have changed, or the limit (prlimit --pid).
+fn apply_descriptor_plan(state: &mut State) {
+    let plan = descriptor_plan(&state.config);
+    if plan != state.descriptors {
+        report_descriptors(&state.config, &plan, state.descriptors.short());
+    }
+    for (name, runtime) in &state.runtimes {
+        let cap = descriptor_cap(&state.config, &plan, name);
+        runtime.state().set_descriptor_cap(cap);
+    }
+    state.descriptors = plan;
 }
 
 /// Records a service whose move failed with the listen address it had before (`unmoved`),

@@ -581,6 +581,17 @@ async fn a_reload_rejected_in_prepare_leaves_services_listeners_and_status_uncha
     assert_eq!(synapse.listen_addr("api"), Some(api), "api was stopped");
     assert_eq!(synapse.listen_addr("new"), None);
     assert_eq!(shapes(admin).await, before);
+
+    // The same when it is the admin server's new address that is taken.
+    let mut admin_taken = config(etcd.endpoint(), vec![service("web")]);
+    admin_taken.services[0].listen = ListenAddr(web);
+    admin_taken.admin = Some(ListenAddr(taken.local_addr().unwrap()));
+    let err = synapse.reload(admin_taken).await.unwrap_err();
+    assert!(matches!(&err, synapse::Error::AdminListen { .. }), "{err}");
+    assert_eq!(synapse.admin_addr(), Some(admin));
+    assert_eq!(synapse.listen_addr("api"), Some(api), "api was stopped");
+    assert_eq!(shapes(admin).await, before);
+
     assert_eq!(greet(web).await, Ok("a".to_owned()));
     assert_eq!(greet(api).await, Ok("b".to_owned()));
     synapse.shutdown().await;
