@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::config::ServiceConfig;
+
 /// Milliseconds since the first call in this process; monotonic, never 0 (0 means "never"
 /// in atomics).
 pub fn now_ms() -> u64 {
@@ -37,6 +39,17 @@ pub struct EjectionPolicy {
     pub eject_after: u32,
     pub base: Duration,
     pub max_percent: u32,
+}
+
+impl EjectionPolicy {
+    /// The policy a service's configuration sets.
+    pub fn of(config: &ServiceConfig) -> Self {
+        EjectionPolicy {
+            eject_after: config.eject_after,
+            base: config.ejection_time.get(),
+            max_percent: config.max_ejection_percent,
+        }
+    }
 }
 
 /// Outcome of a failed connect.

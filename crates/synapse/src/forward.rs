@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::backends::{self, BackendSet, BackendState};
 use crate::balance::{self, Candidate, ZoneAffinity};
-use crate::config::{Balance, ServiceConfig};
+use crate::config::Balance;
 use crate::copy;
 use crate::ejection::EjectionPolicy;
 use crate::quiet;
@@ -95,14 +95,6 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.disconnected();
-    }
-}
-
-pub fn ejection_policy(config: &ServiceConfig) -> EjectionPolicy {
-    EjectionPolicy {
-        eject_after: config.eject_after,
-        base: config.ejection_time.get(),
-        max_percent: config.max_ejection_percent,
     }
 }
 
@@ -279,7 +271,7 @@ pub async fn serve(service: &ServiceState, client: TcpStream) {
             affinity: service.zone().as_ref().as_ref().map(|_| ZoneAffinity {
                 min_local: config.min_zone_backends,
             }),
-            policy: ejection_policy(&config),
+            policy: EjectionPolicy::of(&config),
         }
     };
     // Held across the connect awaits (a failure is judged against this set), so a full
