@@ -75,14 +75,20 @@ impl AdminServer {
     pub fn start(listener: TcpListener, routes: Arc<dyn Routes>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         refuse_beyond_loopback(addr)?;
+        Ok(Self::serve_bound(listener, addr, routes))
+    }
+
+    /// Serves `routes` on a listener already bound at `addr` and checked to be loopback:
+    /// cannot fail, for the commit step of a reload whose prepare step bound it.
+    pub fn serve_bound(listener: TcpListener, addr: SocketAddr, routes: Arc<dyn Routes>) -> Self {
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept(listener, routes, stop.clone()));
         tracing::info!(%addr, "admin server listening");
-        Ok(AdminServer {
+        AdminServer {
             addr,
             stop,
             task: Some(task),
-        })
+        }
     }
 
     /// The bound address (the real port when asked for port 0).

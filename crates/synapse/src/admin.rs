@@ -18,8 +18,11 @@ pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub struct Admin(AdminServer);
 
 impl Admin {
-    pub fn start(listener: TcpListener, status: StatusFn) -> std::io::Result<Self> {
-        AdminServer::start(listener, Arc::new(StatusOnly(move || status()))).map(Admin)
+    /// Serves on `listener`, bound at `addr` (a loopback address: the configuration
+    /// accepts no other), so this cannot fail.
+    pub fn start(listener: TcpListener, addr: SocketAddr, status: StatusFn) -> Self {
+        let routes = Arc::new(StatusOnly(move || status()));
+        Admin(AdminServer::serve_bound(listener, addr, routes))
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -133,6 +133,7 @@ fn weight_groups(scaled: &[i64]) -> Vec<WeightGroup> {
 /// weight, then within them local healthy ones (when zone affinity holds), else healthy
 /// ones, else (panic: everything looks dead) ejected ones too. Empty only when every
 /// backend with a weight has been tried.
+#[cfg(test)]
 pub fn pool(candidates: &[Candidate], tried: &[usize], zone: Option<ZoneAffinity>) -> Vec<usize> {
     let mut out = Vec::new();
     pool_into(candidates, tried, zone, &mut out);
@@ -246,6 +247,7 @@ pub fn pick_random<R: Rng>(candidates: &[Candidate], pool: &[usize], rng: &mut R
 }
 
 /// One pick with `policy`: the pool, then the policy's choice within it.
+#[cfg(test)]
 pub fn pick<R: Rng>(
     policy: Balance,
     candidates: &[Candidate],
@@ -268,7 +270,8 @@ pub fn pick<R: Rng>(
     )
 }
 
-/// [`pick`] with the pool built in a caller's buffer (see [`pool_into`]).
+/// One pick with `policy` (the pool, then the policy's choice within it), with the pool
+/// built in a caller's buffer (see [`pool_into`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pick_in<R: Rng>(
     policy: Balance,
@@ -378,7 +381,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn grouping_equal_weights_gives_nginx_order(weights in proptest::collection::vec(prop_oneof![Just(0u32), Just(1), Just(5), Just(100), 0u32..300], 0..40)) {
+        fn grouping_equal_weights_gives_nginx_order(
+            weights in proptest::collection::vec(
+                prop_oneof![Just(0u32), Just(1), Just(5), Just(100), 0u32..300],
+                0..40,
+            ),
+        ) {
             prop_assert_eq!(schedule(&weights), schedule_by_nginx_loop(&weights));
         }
     }
@@ -405,7 +413,11 @@ mod tests {
     proptest! {
         /// Round robin and random deliver each backend its share of weight within tolerance.
         #[test]
-        fn picks_follow_weights(weights in proptest::collection::vec(0u32..50, 1..8), policy in prop_oneof![Just(Balance::RoundRobin), Just(Balance::Random)], seed in any::<u64>()) {
+        fn picks_follow_weights(
+            weights in proptest::collection::vec(0u32..50, 1..8),
+            policy in prop_oneof![Just(Balance::RoundRobin), Just(Balance::Random)],
+            seed in any::<u64>(),
+        ) {
             let total: u32 = weights.iter().sum();
             prop_assume!(total > 0);
             let cands: Vec<Candidate> = weights.iter().map(|&w| healthy(w)).collect();
@@ -415,13 +427,21 @@ mod tests {
                 let expected = f64::from(w) / f64::from(total);
                 let share = got[i] as f64 / n as f64;
                 let tolerance = if policy == Balance::RoundRobin { 0.002 } else { 0.03 };
-                prop_assert!((share - expected).abs() <= tolerance, "backend {} weight {} share {} expected {}", i, w, share, expected);
+                prop_assert!(
+                    (share - expected).abs() <= tolerance,
+                    "backend {} weight {} share {} expected {}", i, w, share, expected
+                );
             }
         }
 
         /// Weight 0 is never chosen by any policy, whatever else is going on.
         #[test]
-        fn weight_zero_is_never_picked(cands in proptest::collection::vec(any_candidate(), 1..8), policy in any_policy(), seed in any::<u64>(), zone in proptest::option::of(0u32..3)) {
+        fn weight_zero_is_never_picked(
+            cands in proptest::collection::vec(any_candidate(), 1..8),
+            policy in any_policy(),
+            seed in any::<u64>(),
+            zone in proptest::option::of(0u32..3),
+        ) {
             let zone = zone.map(|min_local| ZoneAffinity { min_local });
             let got = counts(policy, &cands, zone, 500, seed);
             for (i, c) in cands.iter().enumerate() {
@@ -434,11 +454,17 @@ mod tests {
         /// Ejected backends are chosen only when nothing healthy with a weight is left
         /// (the panic threshold); and then something is always chosen.
         #[test]
-        fn ejected_backends_only_in_panic(cands in proptest::collection::vec(any_candidate(), 1..8), tried in proptest::collection::vec(0usize..8, 0..4), policy in any_policy(), seed in any::<u64>()) {
+        fn ejected_backends_only_in_panic(
+            cands in proptest::collection::vec(any_candidate(), 1..8),
+            tried in proptest::collection::vec(0usize..8, 0..4),
+            policy in any_policy(),
+            seed in any::<u64>(),
+        ) {
             let sched = schedule(&cands.iter().map(|c| c.weight).collect::<Vec<_>>());
             let mut rng = StdRng::seed_from_u64(seed);
             let mut cursor = 0;
-            let healthy_left = (0..cands.len()).any(|i| cands[i].weight > 0 && !cands[i].ejected && !tried.contains(&i));
+            let healthy_left = (0..cands.len())
+                .any(|i| cands[i].weight > 0 && !cands[i].ejected && !tried.contains(&i));
             let any_left = (0..cands.len()).any(|i| cands[i].weight > 0 && !tried.contains(&i));
             for _ in 0..50 {
                 let chosen = pick(policy, &cands, &tried, None, &sched, || { cursor += 1; cursor }, &mut rng);
@@ -472,7 +498,12 @@ mod tests {
         /// With zone affinity, only local backends are chosen while enough of them are
         /// healthy; otherwise every zone is used.
         #[test]
-        fn zone_affinity_prefers_local_backends(cands in proptest::collection::vec(any_candidate(), 1..8), min_local in 1u32..3, policy in any_policy(), seed in any::<u64>()) {
+        fn zone_affinity_prefers_local_backends(
+            cands in proptest::collection::vec(any_candidate(), 1..8),
+            min_local in 1u32..3,
+            policy in any_policy(),
+            seed in any::<u64>(),
+        ) {
             let local_healthy = cands.iter().filter(|c| c.local && !c.ejected && c.weight > 0).count() as u32;
             let got = counts(policy, &cands, Some(ZoneAffinity { min_local }), 300, seed);
             if local_healthy >= min_local {

@@ -49,21 +49,44 @@ pub struct CachedService {
     pub instances: Instances,
 }
 
+/// Why a cache file cannot be used (it is then ignored: it is only a cache).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a cache file", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{} has version {found}, expected {VERSION}", path.display())]
+    Version { path: PathBuf, found: u32 },
+}
+
 /// Reads the cache file; a missing file is an empty cache, a broken one an error.
-pub fn read(path: &Path) -> Result<BTreeMap<String, CachedService>, String> {
+pub fn read(path: &Path) -> Result<BTreeMap<String, CachedService>, CacheError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            let path = path.to_owned();
+            return Err(CacheError::Read { path, source });
+        }
     };
-    let file: CacheFile = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a cache file: {e}", path.display()))?;
+    let file: CacheFile = serde_json::from_slice(&bytes).map_err(|source| CacheError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
     if file.version != VERSION {
-        return Err(format!(
-            "{} has version {}, expected {VERSION}",
-            path.display(),
-            file.version
-        ));
+        return Err(CacheError::Version {
+            path: path.to_owned(),
+            found: file.version,
+        });
     }
     Ok(file.services)
 }
@@ -213,9 +236,15 @@ impl CacheWriter {
                     let delay = failures.next_delay();
                     // Once per failing spell, not once per retry.
                     if failures.failures() == 1 {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the cache file; retrying with backoff");
+                        tracing::warn!(
+                            path = %path.display(), error = %e,
+                            "cannot write the cache file; retrying with backoff"
+                        );
                     } else {
-                        tracing::debug!(path = %path.display(), error = %e, retry_in = ?delay, "cache file still not writable");
+                        tracing::debug!(
+                            path = %path.display(), error = %e, retry_in = ?delay,
+                            "cache file still not writable"
+                        );
                     }
                     retry_at = Some(tokio::time::Instant::now() + delay);
                 }
@@ -253,7 +282,7 @@ mod tests {
     async fn the_file_follows_the_views_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.json");
-        assert_eq!(read(&path), Ok(BTreeMap::new()));
+        assert_eq!(read(&path).unwrap(), BTreeMap::new());
         let w = CacheWriter::start(path.clone(), BTreeMap::new());
         w.store("web", instances(1), 5);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -320,8 +349,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.json");
         std::fs::write(&path, "{half").unwrap();
-        assert!(read(&path).unwrap_err().contains("not a cache file"));
+        let e = read(&path).unwrap_err();
+        assert!(matches!(e, CacheError::Parse { .. }), "{e}");
+        assert!(e.to_string().contains("not a cache file"), "{e}");
         std::fs::write(&path, r#"{"version": 9, "services": {}}"#).unwrap();
-        assert!(read(&path).unwrap_err().contains("version 9"));
+        let e = read(&path).unwrap_err();
+        assert!(matches!(e, CacheError::Version { found: 9, .. }), "{e}");
+        assert!(e.to_string().contains("version 9"), "{e}");
     }
 }

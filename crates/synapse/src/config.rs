@@ -197,7 +197,8 @@ impl ServiceConfig {
             return Err(FieldError::new(
                 key("retries"),
                 format!(
-                    "{} is more than {MAX_RETRIES}: every client connection could make that many connects while its backends are down",
+                    "{} is more than {MAX_RETRIES}: every client connection could make that many \
+                     connects while its backends are down",
                     self.retries
                 ),
             ));
@@ -385,9 +386,11 @@ mod tests {
     #[test]
     fn every_key_loads() {
         let c = parse(&format!(
-            "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\nregistry_grace_period: 30s\n\
+            "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\n\
+             registry_grace_period: 30s\n\
              services:\n  - name: web\n    listen: 3000\n    balance: least_conn\n    connect_timeout: 200ms\n\
-             \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n    max_ejection_percent: 30\n\
+             \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n\
+             \x20   max_ejection_percent: 30\n\
              \x20   drain_timeout: 5s\n    max_connections: 7\n    idle_timeout: 1m\n    min_zone_backends: 2\n\
              \x20   startup_wait: 1s\n    default_servers: [{{host: 10.0.0.1, port: 80, weight: 5, zone: b}}]\n"
         ))
@@ -401,7 +404,8 @@ mod tests {
         assert_eq!(c.registry_grace_period.get(), Duration::from_secs(30));
         // JSON is YAML too, as SmartStack's configs are JSON.
         let j = parse(
-            r#"{"etcd": {"endpoints": ["127.0.0.1:2379"]}, "services": [{"name": "db", "listen": "127.0.0.1:5432", "balance": "random"}]}"#,
+            r#"{"etcd": {"endpoints": ["127.0.0.1:2379"]},
+                "services": [{"name": "db", "listen": "127.0.0.1:5432", "balance": "random"}]}"#,
         )
         .unwrap();
         assert_eq!(j.services[0].balance, Balance::Random);

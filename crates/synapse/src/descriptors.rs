@@ -7,7 +7,7 @@
 //! service would take every descriptor and the other services' connections would fail.
 //! So when the limit is below what `max_connections` asks for, the budget left after
 //! [`reserve`] is split between the services ([`shares`]): each can then exhaust only its
-//! own share, and the accept loop stops at it ([`crate::limit`]) as at `max_connections`.
+//! own share, and the accept loop stops at it (`crate::limit`) as at `max_connections`.
 //!
 //! The decisions ([`needed`], [`shares`], [`plan`]) are pure; [`raise_soft_limit`] and
 //! [`soft_limit`] are the only system calls.
@@ -125,12 +125,18 @@ pub fn report(plan: &Plan, services: &[(&str, u32)], was_short: bool) {
         needed = plan.needed,
         max_connections = connections,
         reserve = reserve(services.len()),
-        "the descriptor limit (RLIMIT_NOFILE) is below what max_connections needs ({PER_CONNECTION} per connection plus the reserve): each service is capped to its share; raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least {}, or lower max_connections",
+        "the descriptor limit (RLIMIT_NOFILE) is below what max_connections needs \
+         ({PER_CONNECTION} per connection plus the reserve): each service is capped to its share; \
+         raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) to at least {}, \
+         or lower max_connections",
         plan.needed
     );
     for ((name, max), cap) in services.iter().zip(&plan.caps) {
         if let Some(cap) = cap {
-            tracing::warn!(service = %name, max_connections = max, effective_max_connections = cap, "max_connections capped to the service's share of the descriptor limit");
+            tracing::warn!(
+                service = %name, max_connections = max, effective_max_connections = cap,
+                "max_connections capped to the service's share of the descriptor limit"
+            );
         }
     }
 }
@@ -251,10 +257,16 @@ mod tests {
                 // the rounding) than any other service.
                 if cap < max && floor_fits {
                     for &other in &caps {
-                        prop_assert!(other <= cap + 1, "service {} capped at {} while another has {}: {:?}", i, cap, other, caps);
+                        prop_assert!(
+                            other <= cap + 1,
+                            "service {} capped at {} while another has {}: {:?}", i, cap, other, caps
+                        );
                     }
                     // And the budget is used, up to rounding.
-                    prop_assert!(budget - total < maxes.len() as u64, "{} of {} left unused: {:?}", budget - total, budget, caps);
+                    prop_assert!(
+                        budget - total < maxes.len() as u64,
+                        "{} of {} left unused: {:?}", budget - total, budget, caps
+                    );
                 }
             }
             if maxes.iter().map(|&m| u64::from(m)).sum::<u64>() <= budget {
@@ -263,7 +275,10 @@ mod tests {
         }
 
         #[test]
-        fn a_plan_caps_only_when_the_limit_is_short(maxes in maxes(), limit in prop_oneof![0u64..100_000, Just(u64::MAX)]) {
+        fn a_plan_caps_only_when_the_limit_is_short(
+            maxes in maxes(),
+            limit in prop_oneof![0u64..100_000, Just(u64::MAX)],
+        ) {
             let p = plan(&maxes, Some(limit));
             prop_assert_eq!(p.short(), limit < needed(&maxes));
             if !p.short() {

@@ -16,21 +16,21 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::backends::{self, BackendSet, EjectionPolicy, Stats};
+use crate::backends::{self, BackendSet, BackendState};
 use crate::balance::{self, Candidate, ZoneAffinity};
-use crate::config::{Balance, ServiceConfig};
+use crate::config::Balance;
 use crate::copy;
+use crate::ejection::EjectionPolicy;
 use crate::quiet;
 use crate::replay;
 use crate::resolve;
-use crate::service::Shared;
+use crate::state::ServiceState;
 
 /// Keepalive on both legs, so that a peer that vanished (host down, partition) is noticed
 /// and its connection freed, instead of a slot held forever.
@@ -79,31 +79,22 @@ const LISTEN_BACKLOG: u32 = 1024;
 const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 
 /// Counts a live connection on a backend for as long as it is held.
-struct ActiveGuard(Arc<Stats>);
+struct ActiveGuard(Arc<BackendState>);
 
 impl ActiveGuard {
-    /// Counts a connection to the backend of `stats` from now on: from its connect, so
+    /// Counts a connection to the backend of `state` from now on: from its connect, so
     /// that a connection still in its first exchange (`retry_unanswered`) is seen by
     /// least_conn and `/status`, and keeps its backend draining (and under
     /// `drain_timeout`) if the backend leaves the registry meanwhile.
-    fn hold(stats: Arc<Stats>) -> Self {
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        stats.total.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(stats)
+    fn hold(state: Arc<BackendState>) -> Self {
+        state.connected();
+        ActiveGuard(state)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pub fn ejection_policy(config: &ServiceConfig) -> EjectionPolicy {
-    EjectionPolicy {
-        eject_after: config.eject_after,
-        base: config.ejection_time.get(),
-        max_percent: config.max_ejection_percent,
+        self.0.disconnected();
     }
 }
 
@@ -111,8 +102,8 @@ fn candidates_into(set: &BackendSet, zone: Option<&str>, now: u64, out: &mut Vec
     out.clear();
     out.extend(set.active.iter().map(|b| Candidate {
         weight: b.spec.weight,
-        ejected: b.stats.is_ejected(now),
-        active: b.stats.active(),
+        ejected: b.state.is_ejected(now),
+        active: b.state.active(),
         local: zone.is_some() && b.spec.zone.as_deref() == zone,
     }));
 }
@@ -143,8 +134,8 @@ struct Knobs {
 }
 
 /// Chooses a backend among those not `tried` yet.
-fn pick(shared: &Shared, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Option<usize> {
-    let zone = shared.zone.load();
+fn pick(service: &ServiceState, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Option<usize> {
+    let zone = service.zone();
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let PickScratch { candidates, pool } = &mut *scratch;
@@ -155,7 +146,7 @@ fn pick(shared: &Shared, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Op
             tried,
             knobs.affinity,
             &set.schedule,
-            || shared.cursor.fetch_add(1, Ordering::Relaxed),
+            || service.next_cursor(),
             // Made per pick: a thread's generator must not live across an await.
             &mut rand::rng(),
             pool,
@@ -187,7 +178,7 @@ enum Unserved {
 /// ejection and added to `tried`) until `retries` further attempts are spent. Backends not
 /// tried yet come first; once all have failed, they are tried again.
 async fn connect_some(
-    shared: &Shared,
+    service: &ServiceState,
     set: &BackendSet,
     knobs: &Knobs,
     tried: &mut Vec<usize>,
@@ -196,12 +187,12 @@ async fn connect_some(
         if tried.len() > knobs.retries as usize {
             break;
         }
-        let Some(i) = pick(shared, set, knobs, tried).or_else(|| {
+        let Some(i) = pick(service, set, knobs, tried).or_else(|| {
             // Every backend has failed this connection once: with attempts left, go round
             // again. What failed may have been a dropped SYN or a full accept queue for a
             // moment, and with one backend there is nowhere else to go.
             (!tried.is_empty())
-                .then(|| pick(shared, set, knobs, &[]))
+                .then(|| pick(service, set, knobs, &[]))
                 .flatten()
         }) else {
             break;
@@ -210,17 +201,17 @@ async fn connect_some(
         let attempt = tokio::time::timeout(knobs.connect_timeout, resolve::dial(backend)).await;
         match attempt {
             Ok(Ok(stream)) => {
-                if backends::record_success(&backend.stats, knobs.policy, backends::now_ms()) {
-                    tracing::info!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), "backend restored: a connection succeeded");
-                }
+                let ejection = backend.state.ejection();
+                let ejector = service.ejector();
+                ejector.connect_succeeded(ejection, knobs.policy, &backend.addr());
                 tune(&stream);
                 return Ok((stream, i));
             }
             // Our own limits, not the backend's fault: blaming it would eject healthy
             // backends one after another while this process is out of descriptors.
             Ok(Err(e)) if is_local_exhaustion(&e) => return Err(Unserved::Exhausted(e)),
-            Ok(Err(e)) => shared.connect_failed(set, backend, knobs.policy, &e.to_string()),
-            Err(_) => shared.connect_failed(set, backend, knobs.policy, "connect timed out"),
+            Ok(Err(e)) => connect_failed(service, set, backend, knobs.policy, &e),
+            Err(_) => connect_failed(service, set, backend, knobs.policy, &"connect timed out"),
         }
         tried.push(i);
     }
@@ -231,112 +222,139 @@ async fn connect_some(
     }))
 }
 
-fn note(shared: &Shared, unserved: Unserved) {
+/// A connect to `backend` failed: count it, look its name up again soon, and let the
+/// service's ejector decide whether to eject it.
+fn connect_failed(
+    service: &ServiceState,
+    set: &BackendSet,
+    backend: &backends::Backend,
+    policy: EjectionPolicy,
+    error: &dyn std::fmt::Display,
+) {
+    backend.state.count_connect_failure();
+    backend.state.resolution().mark_stale();
+    service.ejector().connect_failed(
+        backend.state.ejection(),
+        set.active.iter().map(|b| b.state.ejection()),
+        policy,
+        (&backend.addr(), &backend.spec.id),
+        error,
+    );
+}
+
+fn note(service: &ServiceState, unserved: Unserved) {
     match unserved {
-        Unserved::NoBackend(why) => shared.note_unserved(why),
-        Unserved::Exhausted(e) => shared.note_unserved(&format!("cannot open a connection: {e}")),
+        Unserved::NoBackend(why) => service.note_unserved(why),
+        Unserved::Exhausted(e) => service.note_unserved(&format!("cannot open a connection: {e}")),
     }
 }
 
-/// Serves one accepted client connection to its end.
-pub async fn serve(shared: &Shared, client: TcpStream) {
+/// Serves one accepted client connection to its end. Runs in the connection's span (a
+/// debug span, free when debug logging is off); its warnings and info lines (ejections,
+/// unserved clients) are recorded in the service's span, entered only when one is logged.
+pub async fn serve(service: &ServiceState, client: TcpStream) {
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
-    if !shared.wait_until_known().await {
-        shared.note_unserved("no backend set known yet");
+    if !service.wait_until_known().await {
+        service.note_unserved("no backend set known yet");
         return;
     }
     let knobs = {
-        let config = shared.config.load();
+        let config = service.config();
         Knobs {
             balance: config.balance,
             retries: config.retries,
             retry_unanswered: config.retry_unanswered,
             connect_timeout: config.connect_timeout.get(),
             idle_timeout: config.idle_timeout.map(|t| t.get()),
-            affinity: shared.zone.load().as_ref().as_ref().map(|_| ZoneAffinity {
+            affinity: service.zone().as_ref().as_ref().map(|_| ZoneAffinity {
                 min_local: config.min_zone_backends,
             }),
-            policy: ejection_policy(&config),
+            policy: EjectionPolicy::of(&config),
         }
     };
     // Held across the connect awaits (a failure is judged against this set), so a full
     // reference rather than a guard.
-    let set = shared.set.load_full();
+    let set = service.set();
     // Backends tried and failed, once per failed attempt; no allocation unless one fails.
     let mut tried: Vec<usize> = Vec::new();
-    let (mut upstream, mut i) = match connect_some(shared, &set, &knobs, &mut tried).await {
+    let (mut upstream, mut i) = match connect_some(service, &set, &knobs, &mut tried).await {
         Ok(connected) => connected,
-        Err(unserved) => return note(shared, unserved),
+        Err(unserved) => return note(service, unserved),
     };
-    let mut guard = ActiveGuard::hold(set.active[i].stats.clone());
+    let mut guard = ActiveGuard::hold(set.active[i].state.clone());
     if knobs.retry_unanswered {
         let mut kept = replay::Kept::default();
         loop {
             let exchange =
                 replay::first_exchange(&client, &upstream, &mut kept, knobs.idle_timeout);
-            let drain = guard.0.drain.load_full();
+            let drain = guard.0.drain_token();
             let ended = tokio::select! {
                 ended = exchange => ended,
                 _ = drain.cancelled() => {
-                    tracing::debug!(service = %shared.name, "connection cut before its first answer: its backend drained for drain_timeout");
+                    tracing::debug!(
+                        "connection cut before its first answer: its backend drained for drain_timeout"
+                    );
                     return;
                 }
-                _ = shared.cut.cancelled() => return,
+                _ = service.cut().cancelled() => return,
             };
             match ended {
                 replay::FirstExchange::Relay => break,
                 replay::FirstExchange::Unanswered(e) => {
                     let backend = &set.active[i];
-                    backend.stats.unanswered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(service = %shared.name, backend = %format!("{}:{}", backend.spec.host, backend.spec.port), error = %e, "request unanswered; sending it to another backend");
+                    backend.state.count_unanswered();
+                    tracing::debug!(
+                        backend = %backend.addr(), error = %e,
+                        "request unanswered; sending it to another backend"
+                    );
                     tried.push(i);
                     // The connection is no longer on that backend while another is sought.
                     drop(guard);
-                    (upstream, i) = match connect_some(shared, &set, &knobs, &mut tried).await {
+                    (upstream, i) = match connect_some(service, &set, &knobs, &mut tried).await {
                         Ok(connected) => connected,
-                        Err(unserved) => return note(shared, unserved),
+                        Err(unserved) => return note(service, unserved),
                     };
-                    guard = ActiveGuard::hold(set.active[i].stats.clone());
+                    guard = ActiveGuard::hold(set.active[i].state.clone());
                 }
                 replay::FirstExchange::ClientFailed(e) => {
-                    tracing::debug!(service = %shared.name, error = %e, "client failed before its backend answered");
+                    tracing::debug!(error = %e, "client failed before its backend answered");
                     return;
                 }
                 replay::FirstExchange::Idle => {
-                    tracing::debug!(service = %shared.name, "connection closed: idle timeout");
+                    tracing::debug!("connection closed: idle timeout");
                     return;
                 }
             }
         }
     }
     drop(set);
-    let drain = guard.0.drain.load_full();
+    let drain = guard.0.drain_token();
     // Polled only when a token fires, not on every message the relay wakes up for.
     let cut = std::pin::pin!(async {
         tokio::select! {
             _ = drain.cancelled() => "connection cut: its backend drained for drain_timeout",
-            _ = shared.cut.cancelled() => "connection cut at the end of the shutdown timeout",
+            _ = service.cut().cancelled() => "connection cut at the end of the shutdown timeout",
         }
     });
     let cut = quiet::polled_when_woken(cut);
     let ended = tokio::select! {
         ended = copy::relay(client, upstream, knobs.idle_timeout) => ended,
         why = cut => {
-            tracing::debug!(service = %shared.name, "{why}");
+            tracing::debug!("{why}");
             return;
         }
     };
     match ended {
         copy::Ended::Closed(up, down) => {
-            tracing::trace!(service = %shared.name, up, down, "connection closed")
+            tracing::trace!(up, down, "connection closed")
         }
         copy::Ended::Idle => {
-            tracing::debug!(service = %shared.name, "connection closed: idle timeout")
+            tracing::debug!("connection closed: idle timeout")
         }
         copy::Ended::Failed(e) => {
-            tracing::debug!(service = %shared.name, error = %e, "connection ended with an error")
+            tracing::debug!(error = %e, "connection ended with an error")
         }
     }
 }

@@ -3,30 +3,48 @@
 //! instances registered in etcd, so applications dial `127.0.0.1:PORT` and never learn an
 //! address.
 //!
-//! Layout, one file per concept (pure logic apart from I/O, so it can be tested as such):
+//! Layout, one file per concept, bottom up: each module uses only those listed before it
+//! (no import circle), and pure logic stays apart from I/O so it can be tested as such.
 //! - [`config`]: the configuration file, its defaults and validation (errors name the key).
-//! - [`balance`]: pure backend picks (smooth weighted round robin, power of two choices,
+//! - `balance`: pure backend picks (smooth weighted round robin, power of two choices,
 //!   weighted random), zone affinity and the ejection panic fallback.
-//! - [`backends`]: the immutable backend set, the pure update from a registry view
-//!   (stats kept, removed backends draining), per-backend stats and outlier ejection.
-//! - [`service`]: a service at run time: listener, accept loop with backpressure, and the
-//!   follower that turns registry views (or the cache, or `default_servers`) into sets.
-//! - [`forward`]: one connection: pick, connect with timeout, retry elsewhere, relay.
-//! - [`replay`]: `retry_unanswered`: a request its backend closed on before answering is
-//!   sent again to another backend.
-//! - [`resolve`]: DNS names among the backends, resolved in the background and kept
-//!   through DNS failures.
-//! - [`copy`]: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
-//! - [`limit`]: `max_connections` as a lock-free counter the accept loop waits on.
-//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and
-//!   each service's share of it when it is short (a cap below `max_connections`).
-//! - [`quiet`]: a future polled only when it woke the task, for the rarely firing branches
+//! - `resolution`: what is kept about a backend's DNS name (addresses, lookup times); data
+//!   only.
+//! - `ejection`: passive outlier ejection, all of it: each backend's ejection state, the
+//!   policy (pure functions) and the per-service `Ejector` that serialises decisions, ends
+//!   expired ejections and logs ejections and restorations.
+//! - `backends`: a backend is its identity (`BackendSpec`) plus its mutable `BackendState`
+//!   (counters, ejection, DNS addresses, drain); the immutable backend set and its pure
+//!   update from a registry view (state kept, removed backends draining, drained ones
+//!   shown for a while).
+//! - `limit`: `max_connections` as a lock-free counter the accept loop waits on.
+//! - `state`: one service's state at run time, a handle over private fields that everything
+//!   above uses through methods (configuration, backend set, readiness, the ejector, the
+//!   status page); it carries the watch channel on which the follower publishes its source
+//!   choice (etcd, else the cache file, else `default_servers`).
+//! - `resolve`: DNS names among the backends, resolved in the background and kept through
+//!   DNS failures.
+//! - `copy`: the byte relay (`datapath`, idle timeout included), alone so it can be swapped.
+//! - `quiet`: a future polled only when it woke the task, for the rarely firing branches
 //!   (drain, shutdown cut, stop accepting) next to the busy relay and accept.
+//! - `replay`: `retry_unanswered`: a request its backend closed on before answering is sent
+//!   again to another backend.
+//! - `forward`: one connection: pick, connect with timeout, retry elsewhere, relay.
 //! - [`cache`]: the cache file of last known backends, written atomically.
-//! - [`reload`]: the pure diff between two configurations that drives a SIGHUP reload.
-//! - [`admin`]: the loopback HTTP status server.
-//! - [`Synapse`] (this file): starts all of that, reloads it and shuts it down; `main.rs`
-//!   only parses the command line and turns signals into calls on it.
+//! - `service`: a service at run time: listener, accept loop with backpressure, the follower
+//!   that turns registry views (or the cache, or `default_servers`) into sets and publishes
+//!   its choice, and the cache file recorder that subscribes to it.
+//! - [`descriptors`]: the descriptor limit: raised at start, what the services need, and each
+//!   service's share of it when it is short (a cap below `max_connections`).
+//! - `reload`: the pure diff between two configurations that drives a SIGHUP reload.
+//! - `admin`: the loopback HTTP status server.
+//! - [`Synapse`] (this file): starts all of that, reloads it (prepare: every bind, nothing
+//!   changed; then commit: cannot fail) and shuts it down; `main.rs` only parses the command
+//!   line and turns signals into calls on it.
+//!
+//! Only [`config`], [`cache`] (its file format, read by tests) and [`descriptors`] (raised
+//! by `main.rs` before the runtime starts) are public modules; what else is used outside is
+//! re-exported here.
 //!
 //! Discovery itself (get + watch + resync, static stability) is `registry::discovery`,
 //! shared with anything else that needs to follow the registry.
@@ -34,27 +52,29 @@
 //! Operators' documentation: `docs/synapse.md`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backends;
-pub mod balance;
+mod admin;
+mod backends;
+mod balance;
 pub mod cache;
 pub mod config;
-pub mod copy;
+mod copy;
 pub mod descriptors;
-pub mod forward;
-pub mod limit;
-pub mod quiet;
-pub mod reload;
-pub mod replay;
-pub mod resolve;
-pub mod service;
+mod ejection;
+mod forward;
+mod limit;
+mod quiet;
+mod reload;
+mod replay;
+mod resolution;
+mod resolve;
+mod service;
+mod state;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use registry::discovery::{self, DiscoveryOptions};
 use registry::Etcd;
@@ -62,19 +82,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use backends::Source;
 pub use config::{Balance, ServiceConfig, SynapseConfig};
 pub use reload::Action;
-pub use service::ServiceStatus;
+pub use state::{BackendStatus, GraceState, RegistryState, ServiceStatus};
 
 use crate::admin::Admin;
-use crate::backends::Source;
 use crate::cache::CacheWriter;
-use crate::service::{ServiceRuntime, Shared, Sources};
+use crate::service::{ServiceRuntime, Sources};
+use crate::state::ServiceState;
 
 /// A running synapse. Every method takes `&self`; reloads and shutdown are serialised.
 pub struct Synapse {
     state: tokio::sync::Mutex<State>,
-    services: Arc<ArcSwap<BTreeMap<String, Arc<Shared>>>>,
+    services: Arc<ArcSwap<BTreeMap<String, Arc<ServiceState>>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
     cut: CancellationToken,
 }
@@ -111,12 +132,42 @@ fn discovery_options(etcd: &Etcd, config: &SynapseConfig) -> DiscoveryOptions {
     }
 }
 
-async fn bind(service: &ServiceConfig) -> anyhow::Result<TcpListener> {
-    forward::listen(service.listen.0).with_context(|| {
-        format!(
-            "service {:?}: cannot listen on {}",
-            service.name, service.listen
-        )
+/// Why [`Synapse::start`] or [`Synapse::reload`] refused: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("service {service:?}: cannot listen on {addr}")]
+    Listen {
+        service: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin: cannot listen on {addr}")]
+    AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("synapse is shutting down")]
+    ShuttingDown,
+}
+
+/// A service's listener, bound, with the address it got (port 0 resolved).
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+fn bind(service: &ServiceConfig) -> Result<Bound, Error> {
+    let addr = service.listen.0;
+    let bound = forward::listen(addr).and_then(|listener| {
+        let addr = listener.local_addr()?;
+        Ok(Bound { listener, addr })
+    });
+    bound.map_err(|source| Error::Listen {
+        service: service.name.clone(),
+        addr,
+        source,
     })
 }
 
@@ -128,7 +179,10 @@ fn is_exposed(addr: SocketAddr) -> bool {
 
 fn warn_if_exposed(service: &ServiceConfig) {
     if is_exposed(service.listen.0) {
-        tracing::warn!(service = %service.name, listen = %service.listen, "listening on a non-loopback address: other hosts can reach this service through synapse");
+        tracing::warn!(
+            service = %service.name, listen = %service.listen,
+            "listening on a non-loopback address: other hosts can reach this service through synapse"
+        );
     }
 }
 
@@ -165,7 +219,7 @@ fn read_cache(config: &SynapseConfig) -> BTreeMap<String, cache::CachedService> 
             c
         }
         Err(e) => {
-            tracing::warn!(error = %e, "ignoring the cache file");
+            tracing::warn!(error = %error_chain(&e), "ignoring the cache file");
             BTreeMap::new()
         }
     }
@@ -174,7 +228,16 @@ fn read_cache(config: &SynapseConfig) -> BTreeMap<String, cache::CachedService> 
 impl Synapse {
     /// Binds every listener (and the admin server) and starts following the registry.
     /// Fails only when a listener cannot be bound; etcd being unreachable is not an error.
-    pub async fn start(config: SynapseConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: SynapseConfig) -> Result<Self, Error> {
+        // Every bind first: a failure leaves nothing running.
+        let mut bound = Vec::with_capacity(config.services.len());
+        for s in &config.services {
+            bound.push(bind(s)?);
+        }
+        let admin_listener = match config.admin {
+            Some(addr) => Some(bind_admin(addr.0).await?),
+            None => None,
+        };
         let cached = read_cache(&config);
         let cache = config
             .cache_file
@@ -185,19 +248,15 @@ impl Synapse {
         let plan = descriptor_plan(&config);
         report_descriptors(&config, &plan, false);
         let mut runtimes = BTreeMap::new();
-        let mut listeners = Vec::new();
-        for s in &config.services {
-            listeners.push(bind(s).await?);
-        }
-        for (s, listener) in config.services.iter().zip(listeners) {
+        for (s, bound) in config.services.iter().zip(bound) {
             warn_if_exposed(s);
             let cap = descriptor_cap(&config, &plan, &s.name);
-            let runtime = start_service(s, cap, listener, &config, &etcd, &cached, &cache, &cut)?;
+            let runtime = start_service(s, cap, bound, &config, &etcd, &cached, &cache, &cut);
             runtimes.insert(s.name.clone(), runtime);
         }
         let synapse = Synapse {
             state: tokio::sync::Mutex::new(State {
-                config: config.clone(),
+                config,
                 etcd,
                 runtimes,
                 retired: Vec::new(),
@@ -214,11 +273,9 @@ impl Synapse {
         {
             let mut state = synapse.state.lock().await;
             synapse.publish(&state);
-            if let Some(addr) = config.admin {
-                let listener = TcpListener::bind(addr.0)
-                    .await
-                    .with_context(|| format!("admin: cannot listen on {addr}"))?;
-                synapse.start_admin(&mut state, listener)?;
+            if let Some(listener) = admin_listener {
+                let admin = synapse.start_admin(listener);
+                synapse.install_admin(&mut state, Some(admin));
             }
         }
         Ok(synapse)
@@ -228,7 +285,7 @@ impl Synapse {
     pub async fn run(
         config: SynapseConfig,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<ShutdownReport> {
+    ) -> Result<ShutdownReport, Error> {
         let synapse = Synapse::start(config).await?;
         shutdown.await;
         Ok(synapse.shutdown().await)
@@ -238,12 +295,13 @@ impl Synapse {
         let map = state
             .runtimes
             .iter()
-            .map(|(n, r)| (n.clone(), r.shared.clone()))
+            .map(|(n, r)| (n.clone(), r.state().clone()))
             .collect();
         self.services.store(Arc::new(map));
     }
 
-    fn start_admin(&self, state: &mut State, listener: TcpListener) -> anyhow::Result<()> {
+    /// Serves `GET /status` on `listener` (bound, so this cannot fail).
+    fn start_admin(&self, listener: Bound) -> Admin {
         let services = self.services.clone();
         let status: admin::StatusFn = Arc::new(move || {
             let services: BTreeMap<String, ServiceStatus> = services
@@ -253,13 +311,16 @@ impl Synapse {
                 .collect();
             serde_json::json!({ "services": services })
         });
-        let admin = Admin::start(listener, status).context("admin server")?;
+        Admin::start(listener.listener, listener.addr, status)
+    }
+
+    /// Puts `admin` in place of the running admin server (`None`: no admin server).
+    fn install_admin(&self, state: &mut State, admin: Option<Admin>) {
         *self
             .admin_addr
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(admin.addr());
-        state.admin = Some(admin);
-        Ok(())
+            .unwrap_or_else(PoisonError::into_inner) = admin.as_ref().map(Admin::addr);
+        state.admin = admin;
     }
 
     /// The address a service listens on (useful with port 0).
@@ -284,12 +345,21 @@ impl Synapse {
             .collect()
     }
 
-    /// Applies a new configuration without cutting any connection. On error (a listener
-    /// cannot be bound) nothing has changed and the old configuration keeps running.
-    pub async fn reload(&self, new: SynapseConfig) -> anyhow::Result<Vec<Action>> {
+    /// Applies a new configuration without cutting any connection: `prepare`
+    /// does every step that can fail (the binds) and changes nothing, then
+    /// `commit` applies it and cannot fail. So on error nothing has changed and
+    /// the old configuration keeps running.
+    pub async fn reload(&self, new: SynapseConfig) -> Result<Vec<Action>, Error> {
         let mut state = self.state.lock().await;
+        let prepared = self.prepare(&state, new).await?;
+        Ok(self.commit(&mut state, prepared).await)
+    }
+
+    /// What `new` asks of the running `state`, with every new address bound. Changes
+    /// nothing that runs.
+    async fn prepare(&self, state: &State, new: SynapseConfig) -> Result<Prepared, Error> {
         if state.stopped {
-            anyhow::bail!("synapse is shutting down");
+            return Err(Error::ShuttingDown);
         }
         let actions: Vec<Action> = reload::diff(&state.config, &new)
             .into_iter()
@@ -300,64 +370,58 @@ impl Synapse {
                     if state
                         .runtimes
                         .get(&s.name)
-                        .is_some_and(|r| r.shared.listen_addr() == s.listen.0) =>
+                        .is_some_and(|r| r.state().listen_addr() == s.listen.0) =>
                 {
                     Action::Update(s)
                 }
                 a => a,
             })
             .collect();
-        // Bind everything new first, so that a failure leaves the old config untouched.
-        // An address held by a service this reload stops or moves is bound after it is freed.
+        // An address held by a service this reload stops or moves can only be bound once
+        // it is freed, in the commit.
         let freed: HashSet<SocketAddr> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop(n) => state.runtimes.get(n).map(|r| r.shared.listen_addr()),
-                Action::Rebind(s) => state.runtimes.get(&s.name).map(|r| r.shared.listen_addr()),
+                Action::Stop(n) => state.runtimes.get(n).map(|r| r.state().listen_addr()),
+                Action::Rebind(s) => state.runtimes.get(&s.name).map(|r| r.state().listen_addr()),
                 _ => None,
             })
             .filter(|a| a.port() != 0)
             .collect();
-        let mut listeners: BTreeMap<String, TcpListener> = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
         for a in &actions {
             if let Action::Start(s) | Action::Rebind(s) = a {
-                if freed.contains(&s.listen.0) {
-                    continue;
-                }
-                listeners.insert(s.name.clone(), bind(s).await?);
-            }
-        }
-        let mut admin_listener = None;
-        if actions.contains(&Action::Admin) {
-            if let Some(addr) = new.admin {
-                let same_as_old = state.config.admin.is_some_and(|a| a == addr);
-                if !same_as_old {
-                    admin_listener = Some(
-                        TcpListener::bind(addr.0)
-                            .await
-                            .with_context(|| format!("admin: cannot listen on {addr}"))?,
-                    );
+                if !freed.contains(&s.listen.0) {
+                    listeners.insert(s.name.clone(), bind(s)?);
                 }
             }
         }
+        let admin = match new.admin {
+            Some(addr) if actions.contains(&Action::Admin) => {
+                Some(self.start_admin(bind_admin(addr.0).await?))
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            actions,
+            listeners,
+            admin,
+            new,
+        })
+    }
+
+    /// Applies a prepared reload. Cannot fail: a service that could not take an address
+    /// freed by this very reload is logged and recorded as not started (or not moved), so
+    /// that the next reload of the same file tries again.
+    async fn commit(&self, state: &mut State, prepared: Prepared) -> Vec<Action> {
+        let Prepared {
+            actions,
+            mut listeners,
+            mut admin,
+            new,
+        } = prepared;
         if actions.contains(&Action::CacheFile) {
-            let mut cached = read_cache(&new);
-            // What the old file recorded is at least as recent as what the new path held:
-            // the new file starts with every service's last known set, etcd up or not.
-            if let Some(old) = &state.cache {
-                cached.extend(old.entries());
-            }
-            state.cache = new.cache_file.clone().map(|path| {
-                let writer = CacheWriter::start(path, cached.clone());
-                writer.write_soon();
-                writer
-            });
-            state.cached = cached;
-            // Every running service moves to the new writer (or to none), dropping the old
-            // one: a removed or moved cache file is no longer written.
-            for runtime in state.runtimes.values() {
-                runtime.shared.set_cache(state.cache.clone());
-            }
+            move_cache_file(state, &new);
         }
         if state.config.etcd != new.etcd {
             state.etcd = Etcd::new(new.etcd.clone());
@@ -366,79 +430,32 @@ impl Synapse {
         // from the configuration that actually runs.
         let plan = descriptor_plan(&new);
         let mut started = HashSet::new();
-        // The configuration actually running: a service that could not take an address
-        // freed in this reload is recorded as not started (or not moved), so that the next
-        // reload of the same file tries again instead of seeing no change.
         let mut recorded = new.clone();
         for action in &actions {
             match action {
-                Action::Stop(name) => {
-                    if let Some(runtime) = state.runtimes.remove(name) {
-                        tracing::info!(service = %name, "service removed: no longer accepting; live connections drain");
-                        let tracker = runtime.stop().await;
-                        state.retired.push(tracker);
-                        if let Some(cache) = &state.cache {
-                            cache.remove(name);
-                        }
-                    }
-                }
+                Action::Stop(name) => stop_service(state, name).await,
                 Action::Start(s) => {
-                    let listener = match listeners.remove(&s.name) {
-                        Some(l) => l,
-                        None => match bind(s).await {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(error = %format!("{e:#}"), "cannot start service after freeing its address; a later reload retries");
-                                recorded.services.retain(|r| r.name != s.name);
-                                continue;
-                            }
-                        },
+                    let Some(bound) = listeners.remove(&s.name).or_else(|| bind_freed(s)) else {
+                        recorded.services.retain(|r| r.name != s.name);
+                        continue;
                     };
-                    warn_if_exposed(s);
-                    let runtime = start_service(
-                        s,
-                        descriptor_cap(&new, &plan, &s.name),
-                        listener,
-                        &new,
-                        &state.etcd,
-                        &state.cached,
-                        &state.cache,
-                        &self.cut,
-                    )?;
-                    tracing::info!(service = %s.name, listen = %runtime.shared.listen_addr(), "service added");
-                    state.runtimes.insert(s.name.clone(), runtime);
+                    let cap = descriptor_cap(&new, &plan, &s.name);
+                    self.add_service(state, s, cap, bound, &new);
                     started.insert(s.name.clone());
                 }
                 Action::Update(s) => {
                     if let Some(runtime) = state.runtimes.get(&s.name) {
-                        runtime.shared.update_config(s.clone());
-                        tracing::info!(service = %s.name, "service updated in place");
+                        let service = runtime.state();
+                        service.update_config(s.clone());
+                        service.in_scope(|| tracing::info!("service updated in place"));
                     }
                 }
                 Action::Rebind(s) => {
-                    let listener = listeners.remove(&s.name);
                     let unmoved = state.config.service(&s.name).cloned();
+                    let bound = listeners.remove(&s.name);
                     if let Some(runtime) = state.runtimes.get_mut(&s.name) {
-                        runtime.shared.update_config(s.clone());
-                        let listener = match listener {
-                            Some(l) => Some(l),
-                            None => {
-                                // Our own old address, or one a stopped service freed.
-                                runtime.stop_accepting_only().await;
-                                match bind(s).await {
-                                    Ok(l) => Some(l),
-                                    Err(e) => {
-                                        tracing::error!(error = %format!("{e:#}"), "cannot move service to its new address: it is not listening; a later reload retries");
-                                        recorded_as_unmoved(&mut recorded, unmoved);
-                                        None
-                                    }
-                                }
-                            }
-                        };
-                        if let Some(l) = listener {
-                            warn_if_exposed(s);
-                            runtime.rebind(l).await;
-                            tracing::info!(service = %s.name, listen = %runtime.shared.listen_addr(), "service moved to a new listen address");
+                        if !move_service(runtime, s, bound).await {
+                            recorded_as_unmoved(&mut recorded, unmoved);
                         }
                     }
                 }
@@ -446,11 +463,8 @@ impl Synapse {
                     let etcd = state.etcd.clone();
                     for (name, runtime) in state.runtimes.iter_mut() {
                         if !started.contains(name) {
-                            runtime.rediscover(discovery::spawn(
-                                etcd.clone(),
-                                name,
-                                discovery_options(&etcd, &new),
-                            ));
+                            let options = discovery_options(&etcd, &new);
+                            runtime.rediscover(discovery::spawn(etcd.clone(), name, options));
                         }
                     }
                     tracing::info!(
@@ -459,40 +473,39 @@ impl Synapse {
                 }
                 Action::Zone(zone) => {
                     for runtime in state.runtimes.values() {
-                        runtime.shared.set_zone(zone.clone());
+                        runtime.state().set_zone(zone.clone());
                     }
                 }
                 Action::Admin => {
-                    if state.config.admin.is_some() && new.admin.is_none() {
-                        state.admin = None;
-                        *self
-                            .admin_addr
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = None;
-                    }
-                    if let Some(listener) = admin_listener.take() {
-                        state.admin = None;
-                        self.start_admin(&mut state, listener)?;
-                    }
+                    // Either the new server prepared on its new address, or none.
+                    self.install_admin(state, admin.take());
                 }
                 Action::CacheFile => {}
             }
         }
         state.config = recorded;
-        // Services or max_connections may have changed, or the limit (prlimit --pid).
-        let plan = descriptor_plan(&state.config);
-        if plan != state.descriptors {
-            report_descriptors(&state.config, &plan, state.descriptors.short());
-        }
-        for (name, runtime) in &state.runtimes {
-            runtime
-                .shared
-                .set_descriptor_cap(descriptor_cap(&state.config, &plan, name));
-        }
-        state.descriptors = plan;
+        apply_descriptor_plan(state);
         state.retired.retain(|t| !t.is_empty());
-        self.publish(&state);
-        Ok(actions)
+        self.publish(state);
+        actions
+    }
+
+    /// Starts service `s` (of the configuration `config`) on `bound`.
+    fn add_service(
+        &self,
+        state: &mut State,
+        s: &ServiceConfig,
+        cap: Option<u32>,
+        bound: Bound,
+        config: &SynapseConfig,
+    ) {
+        warn_if_exposed(s);
+        let (etcd, cached, cache) = (&state.etcd, &state.cached, &state.cache);
+        let runtime = start_service(s, cap, bound, config, etcd, cached, cache, &self.cut);
+        let service = runtime.state();
+        let listen = service.listen_addr();
+        service.in_scope(|| tracing::info!(%listen, "service added"));
+        state.runtimes.insert(s.name.clone(), runtime);
     }
 
     /// Stops accepting everywhere, lets live connections finish for up to
@@ -503,14 +516,17 @@ impl Synapse {
         let mut trackers = std::mem::take(&mut state.retired);
         for runtime in state.runtimes.values_mut() {
             runtime.stop_accepting_only().await;
-            runtime.connections.close();
-            trackers.push(runtime.connections.clone());
+            runtime.connections().close();
+            trackers.push(runtime.connections().clone());
         }
         // The admin server stays up while connections drain, so the drain can be watched.
         let timeout = state.config.shutdown_timeout.get();
         let live: usize = trackers.iter().map(|t| t.len()).sum();
         if live > 0 {
-            tracing::info!(connections = live, timeout = ?timeout, "shutting down: waiting for live connections to finish");
+            tracing::info!(
+                connections = live, timeout = ?timeout,
+                "shutting down: waiting for live connections to finish"
+            );
         }
         let all_done = async {
             for t in &trackers {
@@ -540,6 +556,20 @@ impl Synapse {
     }
 }
 
+/// Sets every service's descriptor cap from the configuration that runs: services or
+/// max_connections may have changed, or the limit (prlimit --pid).
+fn apply_descriptor_plan(state: &mut State) {
+    let plan = descriptor_plan(&state.config);
+    if plan != state.descriptors {
+        report_descriptors(&state.config, &plan, state.descriptors.short());
+    }
+    for (name, runtime) in &state.runtimes {
+        let cap = descriptor_cap(&state.config, &plan, name);
+        runtime.state().set_descriptor_cap(cap);
+    }
+    state.descriptors = plan;
+}
+
 /// Records a service whose move failed with the listen address it had before (`unmoved`),
 /// so that the next diff asks for the move again.
 fn recorded_as_unmoved(recorded: &mut SynapseConfig, unmoved: Option<ServiceConfig>) {
@@ -553,32 +583,140 @@ fn recorded_as_unmoved(recorded: &mut SynapseConfig, unmoved: Option<ServiceConf
     }
 }
 
+/// A reload with every fallible step done: what [`Synapse::commit`] applies.
+struct Prepared {
+    actions: Vec<Action>,
+    /// New listeners of started and moved services (except on addresses this reload frees).
+    listeners: BTreeMap<String, Bound>,
+    /// The admin server already serving on its new address, when it moves.
+    admin: Option<Admin>,
+    new: SynapseConfig,
+}
+
+async fn bind_admin(addr: SocketAddr) -> Result<Bound, Error> {
+    let bound = match TcpListener::bind(addr).await {
+        Ok(listener) => listener.local_addr().map(|addr| Bound { listener, addr }),
+        Err(e) => Err(e),
+    };
+    bound.map_err(|source| Error::AdminListen { addr, source })
+}
+
+/// Binds a service's address that this reload has just freed; `None` (logged) when that
+/// fails, for a later reload to retry.
+fn bind_freed(s: &ServiceConfig) -> Option<Bound> {
+    bind(s)
+        .inspect_err(|e| {
+            tracing::error!(
+                service = %s.name,
+                error = %error_chain(e),
+                "cannot start service after freeing its address; a later reload retries"
+            )
+        })
+        .ok()
+}
+
+/// An error with its causes, `a: b: c`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Stops a removed service: no longer accepting; its live connections drain.
+async fn stop_service(state: &mut State, name: &str) {
+    if let Some(runtime) = state.runtimes.remove(name) {
+        runtime.state().in_scope(|| {
+            tracing::info!("service removed: no longer accepting; live connections drain")
+        });
+        let tracker = runtime.stop().await;
+        state.retired.push(tracker);
+        if let Some(cache) = &state.cache {
+            cache.remove(name);
+        }
+    }
+}
+
+/// Moves a service to its new listen address (`bound`, or bound now that its old address
+/// or one a stopped service held is free); whether it listens there.
+async fn move_service(
+    runtime: &mut ServiceRuntime,
+    s: &ServiceConfig,
+    bound: Option<Bound>,
+) -> bool {
+    runtime.state().update_config(s.clone());
+    let bound = match bound {
+        Some(b) => b,
+        None => {
+            // Our own old address, or one a stopped service freed.
+            runtime.stop_accepting_only().await;
+            match bind(s) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _in = runtime.state().span().enter();
+                    tracing::error!(
+                        error = %error_chain(&e),
+                        "cannot move service to its new address: it is not listening; \
+                         a later reload retries"
+                    );
+                    return false;
+                }
+            }
+        }
+    };
+    warn_if_exposed(s);
+    runtime.rebind(bound.listener, bound.addr).await;
+    let listen = bound.addr;
+    runtime
+        .state()
+        .in_scope(|| tracing::info!(%listen, "service moved to a new listen address"));
+    true
+}
+
+/// Moves every service to the cache file `new` names (or to none): the new file starts
+/// with every service's last known set, etcd up or not.
+fn move_cache_file(state: &mut State, new: &SynapseConfig) {
+    let mut cached = read_cache(new);
+    // What the old file recorded is at least as recent as what the new path held.
+    if let Some(old) = &state.cache {
+        cached.extend(old.entries());
+    }
+    state.cache = new.cache_file.clone().map(|path| {
+        let writer = CacheWriter::start(path, cached.clone());
+        writer.write_soon();
+        writer
+    });
+    state.cached = cached;
+    // Dropping the old writer: a removed or moved cache file is no longer written.
+    for runtime in state.runtimes.values() {
+        runtime.set_cache(state.cache.clone());
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn start_service(
     s: &ServiceConfig,
     descriptor_cap: Option<u32>,
-    listener: TcpListener,
+    bound: Bound,
     config: &SynapseConfig,
     etcd: &Etcd,
     cached: &BTreeMap<String, cache::CachedService>,
     cache: &Option<Arc<CacheWriter>>,
     cut: &CancellationToken,
-) -> anyhow::Result<ServiceRuntime> {
-    let addr = listener
-        .local_addr()
-        .with_context(|| format!("service {:?}: listener address", s.name))?;
-    let shared = Shared::new(s.clone(), config.zone.clone(), addr, cut.child_token());
-    shared.set_cache(cache.clone());
-    shared.set_descriptor_cap(descriptor_cap);
+) -> ServiceRuntime {
+    let zone = config.zone.clone();
+    let state = ServiceState::new(s.clone(), zone, bound.addr, cut.child_token());
+    state.set_descriptor_cap(descriptor_cap);
     let initial = cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
     let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd, config));
-    Ok(ServiceRuntime::start(
-        shared,
-        listener,
-        Sources { discovery, initial },
-    ))
+    let sources = Sources { discovery, initial };
+    ServiceRuntime::start(state, bound.listener, sources, cache.clone())
 }
 
 #[cfg(test)]

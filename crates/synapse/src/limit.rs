@@ -84,6 +84,7 @@ impl Limit {
         }
     }
 
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }

@@ -13,16 +13,16 @@
 //! looked up.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use tokio::net::TcpStream;
 
-use crate::backends::{self, Backend};
-use crate::service::Shared;
+use crate::backends::Backend;
+use crate::ejection::now_ms;
+use crate::resolution::{is_name, Addrs};
+use crate::state::ServiceState;
 
 /// How often a name that resolves is looked up again.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -33,38 +33,6 @@ pub const RETRY: Duration = Duration::from_secs(2);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the loop looks for names that are due.
 const TICK: Duration = Duration::from_millis(500);
-
-/// One backend's resolved addresses and lookup bookkeeping (times from
-/// [`backends::now_ms`], 0 for never).
-#[derive(Debug, Default)]
-pub struct Resolution {
-    addrs: ArcSwapOption<Vec<SocketAddr>>,
-    last_lookup: AtomicU64,
-    /// A connect failed since the last lookup.
-    stale: AtomicBool,
-    /// The last lookup failed (for logging only the transitions).
-    failing: AtomicBool,
-}
-
-impl Resolution {
-    /// The addresses connections dial, if the name has resolved at least once.
-    pub fn addrs(&self) -> Option<Addrs> {
-        self.addrs.load_full()
-    }
-
-    /// A connect failed: look the name up again soon.
-    pub fn mark_stale(&self) {
-        self.stale.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The addresses a name resolved to, shared by every connection dialling them.
-pub type Addrs = Arc<Vec<SocketAddr>>;
-
-/// Whether `host` needs DNS at all.
-pub fn is_name(host: &str) -> bool {
-    host.parse::<IpAddr>().is_err()
-}
 
 /// Whether a name is due for a lookup at `now`.
 pub fn due(now: u64, last_lookup: u64, resolved: bool, stale: bool) -> bool {
@@ -91,32 +59,26 @@ pub fn after_lookup(
 /// Connects to a backend: its kept addresses (in order) if its name has resolved, else
 /// whatever `host` says right now.
 pub async fn dial(backend: &Backend) -> io::Result<TcpStream> {
-    match backend.stats.resolution.addrs() {
+    match backend.state.resolution().addrs() {
         Some(addrs) => TcpStream::connect(&addrs[..]).await,
         None => TcpStream::connect(backend.spec.endpoint()).await,
     }
 }
 
 /// Keeps the service's DNS names resolved for as long as the service runs.
-pub async fn refresh_loop(shared: Arc<Shared>) {
+pub async fn refresh_loop(service: Arc<ServiceState>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let set = shared.set.load_full();
-        let now = backends::now_ms();
+        let set = service.set();
+        let now = now_ms();
         let lookups = set.active.iter().filter(|b| {
-            let r = &b.stats.resolution;
-            is_name(&b.spec.host)
-                && due(
-                    now,
-                    r.last_lookup.load(Ordering::Relaxed),
-                    r.addrs.load().is_some(),
-                    r.stale.load(Ordering::Relaxed),
-                )
+            let (last_lookup, resolved, stale) = b.state.resolution().lookup_state();
+            is_name(&b.spec.host) && due(now, last_lookup, resolved, stale)
         });
         // Concurrently, so one slow name does not hold the others up.
-        futures::future::join_all(lookups.map(|b| refresh(&shared.name, b, lookup(b)))).await;
+        futures::future::join_all(lookups.map(|b| refresh(b, lookup(b)))).await;
     }
 }
 
@@ -138,35 +100,35 @@ async fn lookup(backend: &Backend) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// One lookup of a backend's name, applied to what it keeps.
+/// One lookup of a backend's name, applied to what it keeps. Logs carry the service from
+/// the caller's span.
 async fn refresh(
-    service: &str,
     backend: &Backend,
     lookup: impl std::future::Future<Output = io::Result<Vec<SocketAddr>>>,
 ) {
-    let r = &backend.stats.resolution;
-    r.last_lookup.store(backends::now_ms(), Ordering::Relaxed);
-    r.stale.store(false, Ordering::Relaxed);
+    let r = backend.state.resolution();
+    r.lookup_started(now_ms());
     let lookup = lookup.await;
     let host = &backend.spec.host;
     match after_lookup(r.addrs(), lookup) {
         Ok(addrs) => {
-            let changed = r.addrs().as_deref() != Some(&addrs);
-            if r.failing.swap(false, Ordering::Relaxed) || changed {
-                tracing::info!(service = %service, host = %host, addresses = ?addrs, "resolved");
-            }
-            if changed {
-                r.addrs.store(Some(addrs));
+            let shown = addrs.clone();
+            let changed = r.resolved(addrs);
+            if r.set_failing(false) || changed {
+                tracing::info!(%host, addresses = ?shown, "resolved");
             }
         }
         Err((kept, error)) => {
-            if !r.failing.swap(true, Ordering::Relaxed) {
+            if !r.set_failing(true) {
                 match kept {
-                    Some(addrs) => {
-                        tracing::warn!(service = %service, host = %host, %error, addresses = ?addrs, "cannot resolve; keeping the last addresses")
-                    }
-                    None => {
-                        tracing::warn!(service = %service, host = %host, %error, "cannot resolve; connections resolve it themselves meanwhile")
-                    }
+                    Some(addrs) => tracing::warn!(
+                        %host, %error, addresses = ?addrs,
+                        "cannot resolve; keeping the last addresses"
+                    ),
+                    None => tracing::warn!(
+                        %host, %error,
+                        "cannot resolve; connections resolve it themselves meanwhile"
+                    ),
                 }
             }
         }
@@ -191,18 +153,18 @@ mod tests {
                 weight: 100,
                 zone: None,
             },
-            stats: Arc::default(),
+            state: Arc::default(),
         };
         // (No real lookup of that name here: tests never send a DNS query off the host.)
-        refresh("db", &backend, async { Ok(vec![addr]) }).await;
+        refresh(&backend, async { Ok(vec![addr]) }).await;
         assert_eq!(
-            backend.stats.resolution.addrs().as_deref(),
+            backend.state.resolution().addrs().as_deref(),
             Some(&vec![addr])
         );
-        refresh("db", &backend, async { Err(io::Error::other("SERVFAIL")) }).await;
-        refresh("db", &backend, async { Ok(Vec::new()) }).await;
+        refresh(&backend, async { Err(io::Error::other("SERVFAIL")) }).await;
+        refresh(&backend, async { Ok(Vec::new()) }).await;
         assert_eq!(
-            backend.stats.resolution.addrs().as_deref(),
+            backend.state.resolution().addrs().as_deref(),
             Some(&vec![addr])
         );
         let (dialled, accepted) = tokio::join!(dial(&backend), listener.accept());

@@ -1,334 +1,40 @@
-//! One configured service at run time: its listener and accept loop, and the task that
-//! follows the registry and keeps the service's backend set current.
+//! One configured service at run time: its listener and accept loop, the follower that
+//! keeps the service's backend set current, and the observers of the follower's choice.
 //!
 //! The listener is bound at start so the address is known and clients can connect at
-//! once, but a connection accepted before the service has any backend set (from etcd, the
-//! cache file or `default_servers`) waits for one, up to `startup_wait`, rather than fail:
-//! the startup window in which SmartStack's synapse answered 503s.
+//! once, but a connection accepted while the service has no backend set yet (from etcd, the
+//! cache file or `default_servers`) waits for one, up to `startup_wait` from its own
+//! accept, rather than fail: the startup window in which SmartStack's synapse answered 503s.
 //!
 //! Accepting takes a slot of `max_connections` ([`crate::limit`]) first, so at the limit
 //! the accept loop simply waits and clients queue in the kernel's backlog (backpressure).
 //!
-//! Everything read on the accept path ([`Shared::config`], [`Shared::set`]) is an
-//! `ArcSwap`: a reload or a registry change swaps in a new value without blocking anyone.
+//! The follower makes one choice per registry view: etcd's view, else the cache file's,
+//! else `default_servers` ([`choose`]). It publishes that choice on the service's watch
+//! channel ([`ServiceState::publish_choice`]) and installs the backend set; the cache file
+//! writer ([`record_in_cache`]) subscribes to the channel, the status page and a
+//! replacement follower read its latest value.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use registry::discovery::{Discovery, Instances, ServiceView};
-use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
-use crate::backends::{
-    self, Backend, BackendSet, BackendSpec, EjectionPolicy, FailureOutcome, SetEvent, Source,
-};
+use crate::backends::{self, Backend, BackendSet, BackendSpec, SetEvent, Source};
 use crate::cache::CacheWriter;
 use crate::config::{DefaultServer, ServiceConfig};
 use crate::forward;
-use crate::limit::Limit;
 use crate::resolve;
+use crate::state::{warning_due, Chosen, ServiceState};
 
 /// How often ejections are checked for expiry and idle draining backends forgotten.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
-
-/// At most one warning per service per this period about connections that found no backend.
-const UNSERVED_WARN_EVERY: u64 = 5_000;
-
-/// Whether a repeated warning last logged at `last` (0: never; times from
-/// [`backends::now_ms`]) is due again at `now`.
-fn warning_due(last: u64, now: u64) -> bool {
-    last == 0 || now.saturating_sub(last) >= UNSERVED_WARN_EVERY
-}
-
-/// The registry's state as the status page shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RegistryState {
-    pub source: Option<Source>,
-    pub connected: bool,
-    pub revision: i64,
-    /// Unix time in milliseconds of the last confirmation from etcd.
-    pub last_sync_unix_ms: Option<u64>,
-    /// Set while a grace period serves instances etcd no longer lists.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grace: Option<GraceState>,
-}
-
-/// A grace period in progress, as the status page shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct GraceState {
-    pub reason: String,
-    /// Instances served although etcd does not list them.
-    pub held_instances: usize,
-    /// When they are dropped at the latest (Unix time in milliseconds).
-    pub until_unix_ms: Option<u64>,
-}
-
-fn unix_ms(t: SystemTime) -> Option<u64> {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-}
-
-/// State of one service shared by its accept loop, its connections and its follower.
-pub struct Shared {
-    pub name: String,
-    pub config: ArcSwap<ServiceConfig>,
-    /// synapse's own zone, for affinity.
-    pub zone: ArcSwap<Option<String>>,
-    pub set: ArcSwap<BackendSet>,
-    /// Round-robin position, shared by every pick of the service.
-    pub cursor: AtomicUsize,
-    /// Cancelled when live connections must end (the shutdown timeout has passed).
-    pub cut: CancellationToken,
-    listen: Mutex<SocketAddr>,
-    known: watch::Sender<bool>,
-    /// Mirrors `known` for the accept path.
-    ready: std::sync::atomic::AtomicBool,
-    started: Instant,
-    /// Serialises ejection decisions so that the ejection limit holds.
-    ejection_lock: Mutex<()>,
-    registry: Mutex<RegistryState>,
-    limit: Limit,
-    unserved: AtomicU64,
-    unserved_warned: AtomicU64,
-    recompute: Notify,
-    /// The registry instances served last (from etcd or the cache), for a follower that
-    /// replaces this one.
-    last_known: Mutex<Option<(Arc<Instances>, Source)>>,
-    /// Where etcd's views are recorded; swapped by a reload that changes `cache_file`.
-    cache: ArcSwapOption<CacheWriter>,
-}
-
-impl Shared {
-    pub fn new(
-        config: ServiceConfig,
-        zone: Option<String>,
-        listen: SocketAddr,
-        cut: CancellationToken,
-    ) -> Arc<Self> {
-        Arc::new(Shared {
-            name: config.name.clone(),
-            limit: Limit::new(config.max_connections),
-            config: ArcSwap::from_pointee(config),
-            zone: ArcSwap::from_pointee(zone),
-            set: ArcSwap::from_pointee(BackendSet::default()),
-            cursor: AtomicUsize::new(0),
-            cut,
-            listen: Mutex::new(listen),
-            known: watch::channel(false).0,
-            ready: std::sync::atomic::AtomicBool::new(false),
-            started: Instant::now(),
-            ejection_lock: Mutex::new(()),
-            registry: Mutex::new(RegistryState::default()),
-            unserved: AtomicU64::new(0),
-            unserved_warned: AtomicU64::new(0),
-            recompute: Notify::new(),
-            last_known: Mutex::new(None),
-            cache: ArcSwapOption::empty(),
-        })
-    }
-
-    pub fn listen_addr(&self) -> SocketAddr {
-        *self.listen.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether a backend set is known.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Waits for a backend set, up to `startup_wait` after the service started; whether
-    /// one is known.
-    pub async fn wait_until_known(&self) -> bool {
-        // The common case costs one atomic load; the watch (and its lock) is only for the
-        // first seconds of a service's life.
-        if self.ready.load(Ordering::Acquire) {
-            return true;
-        }
-        let mut known = self.known.subscribe();
-        if *known.borrow_and_update() {
-            return true;
-        }
-        let deadline = self.started + self.config.load().startup_wait.get();
-        let _ = tokio::time::timeout_at(deadline.into(), known.wait_for(|k| *k)).await;
-        let ready = *known.borrow();
-        ready
-    }
-
-    /// Installs a new configuration for the service (a reload that changed it in place).
-    pub fn update_config(&self, config: ServiceConfig) {
-        self.limit.set_max(config.max_connections);
-        self.config.store(Arc::new(config));
-        self.recompute.notify_one();
-    }
-
-    /// Caps the service's live connections below `max_connections` (`None`: no cap): its
-    /// share of the descriptor limit ([`crate::descriptors`]).
-    pub fn set_descriptor_cap(&self, cap: Option<u32>) {
-        self.limit.set_cap(cap);
-    }
-
-    /// Records etcd's views in `cache` from now on (`None`: nowhere). The follower writes
-    /// the current view to a new writer at once, not at the next registry change.
-    pub fn set_cache(&self, cache: Option<Arc<CacheWriter>>) {
-        self.cache.store(cache);
-        self.recompute.notify_one();
-    }
-
-    pub fn set_zone(&self, zone: Option<String>) {
-        self.zone.store(Arc::new(zone));
-    }
-
-    /// A connect to `backend` failed: count it, maybe eject.
-    pub fn connect_failed(
-        &self,
-        set: &BackendSet,
-        backend: &Backend,
-        policy: EjectionPolicy,
-        error: &str,
-    ) {
-        let outcome = {
-            let _serial = self
-                .ejection_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            backends::record_failure(set, &backend.stats, policy, backends::now_ms())
-        };
-        backend.stats.resolution.mark_stale();
-        let addr = format!("{}:{}", backend.spec.host, backend.spec.port);
-        match outcome {
-            FailureOutcome::Ejected(length) => {
-                tracing::warn!(service = %self.name, backend = %addr, id = %backend.spec.id, %error, ejected_for = ?length, "backend ejected after consecutive connect failures")
-            }
-            FailureOutcome::AtEjectionLimit => {
-                tracing::debug!(service = %self.name, backend = %addr, %error, "connect failed; not ejected: max_ejection_percent reached")
-            }
-            FailureOutcome::Counted => {
-                tracing::debug!(service = %self.name, backend = %addr, %error, "connect failed; trying another backend")
-            }
-        }
-    }
-
-    /// A client connection was closed unserved; warns now and then, never per connection.
-    pub fn note_unserved(&self, why: &str) {
-        let count = self.unserved.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = backends::now_ms();
-        let last = self.unserved_warned.load(Ordering::Relaxed);
-        if warning_due(last, now)
-            && self
-                .unserved_warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(service = %self.name, reason = why, unserved_total = count, "closing client connections unserved");
-        } else {
-            tracing::debug!(service = %self.name, reason = why, "client connection closed unserved");
-        }
-    }
-
-    /// Records what the registry said, for the status page.
-    fn record_registry(&self, view: Option<&ServiceView>) {
-        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        registry.connected = false;
-        registry.grace = None;
-        if let Some(v) = view {
-            registry.connected = v.connected;
-            registry.revision = v.revision;
-            registry.last_sync_unix_ms = unix_ms(v.last_sync);
-            registry.grace = v.grace.as_ref().map(|g| GraceState {
-                reason: g.reason.clone(),
-                held_instances: g.held,
-                until_unix_ms: unix_ms(g.until),
-            });
-        }
-    }
-
-    /// Everything the status page shows about the service.
-    pub fn status(&self) -> ServiceStatus {
-        let config = self.config.load();
-        let set = self.set.load();
-        let now = backends::now_ms();
-        let describe = |b: &Backend, state: &'static str| BackendStatus {
-            id: b.spec.id.clone(),
-            host: b.spec.host.clone(),
-            port: b.spec.port,
-            weight: b.spec.weight,
-            zone: b.spec.zone.clone(),
-            state: if state == "healthy" && b.stats.is_ejected(now) {
-                "ejected"
-            } else {
-                state
-            },
-            active: b.stats.active(),
-            total: b.stats.total.load(Ordering::Relaxed),
-            connect_failures: b.stats.connect_failures.load(Ordering::Relaxed),
-            unanswered: b.stats.unanswered.load(Ordering::Relaxed),
-            addresses: resolve::is_name(&b.spec.host).then(|| {
-                b.stats
-                    .resolution
-                    .addrs()
-                    .map(|a| a.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default()
-            }),
-        };
-        let mut backends: Vec<BackendStatus> =
-            set.active.iter().map(|b| describe(b, "healthy")).collect();
-        backends.extend(set.draining.iter().map(|b| describe(b, "draining")));
-        ServiceStatus {
-            listen: self.listen_addr().to_string(),
-            balance: config.balance.to_string(),
-            ready: self.is_ready(),
-            backends,
-            registry: self
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            unserved_connections: self.unserved.load(Ordering::Relaxed),
-            effective_max_connections: self.limit.capped(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    pub listen: String,
-    pub balance: String,
-    /// Whether a backend set is known (connections are being forwarded).
-    pub ready: bool,
-    pub backends: Vec<BackendStatus>,
-    pub registry: RegistryState,
-    /// Client connections closed because no backend could be reached.
-    pub unserved_connections: u64,
-    /// The connection limit in force when the descriptor limit holds it below
-    /// `max_connections`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub effective_max_connections: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendStatus {
-    pub id: String,
-    pub host: String,
-    pub port: u16,
-    pub weight: u32,
-    pub zone: Option<String>,
-    /// `healthy`, `ejected` or `draining`.
-    pub state: &'static str,
-    pub active: u64,
-    pub total: u64,
-    pub connect_failures: u64,
-    pub unanswered: u64,
-    /// For a DNS name: the addresses connections dial (empty until it first resolves).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub addresses: Option<Vec<String>>,
-}
 
 /// Backends from registry instances, in instance-id order.
 pub fn specs_from_instances(instances: &Instances) -> Vec<BackendSpec> {
@@ -378,14 +84,17 @@ pub fn choose(
     }
 }
 
-/// A running service: accept loop and registry follower.
+/// A running service: accept loop, registry follower, DNS refresher and cache recorder.
 pub struct ServiceRuntime {
-    pub shared: Arc<Shared>,
+    state: Arc<ServiceState>,
     stop_accepting: CancellationToken,
     accept: Option<tokio::task::JoinHandle<()>>,
     follow: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
-    pub connections: TaskTracker,
+    record: tokio::task::JoinHandle<()>,
+    /// Where etcd's views are recorded; replaced by a reload that changes `cache_file`.
+    cache: watch::Sender<Option<Arc<CacheWriter>>>,
+    connections: TaskTracker,
 }
 
 /// What a service's follower reads from besides its own config.
@@ -397,44 +106,72 @@ pub struct Sources {
 }
 
 impl ServiceRuntime {
-    pub fn start(shared: Arc<Shared>, listener: TcpListener, sources: Sources) -> Self {
+    pub fn start(
+        state: Arc<ServiceState>,
+        listener: TcpListener,
+        sources: Sources,
+        cache: Option<Arc<CacheWriter>>,
+    ) -> Self {
         let stop_accepting = CancellationToken::new();
         let connections = TaskTracker::new();
-        let accept = tokio::spawn(accept_loop(
-            shared.clone(),
-            listener,
-            stop_accepting.clone(),
-            connections.clone(),
-        ));
-        let follow = tokio::spawn(follow(shared.clone(), sources));
-        let resolve = tokio::spawn(resolve::refresh_loop(shared.clone()));
+        let span = state.span().clone();
+        let accept = tokio::spawn(
+            accept_loop(
+                state.clone(),
+                listener,
+                stop_accepting.clone(),
+                connections.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        let follow = tokio::spawn(follow(state.clone(), sources).instrument(span.clone()));
+        let resolve = tokio::spawn(resolve::refresh_loop(state.clone()).instrument(span.clone()));
+        let cache = watch::Sender::new(cache);
+        let record =
+            tokio::spawn(record_in_cache(state.clone(), cache.subscribe()).instrument(span));
         ServiceRuntime {
-            shared,
+            state,
             stop_accepting,
             accept: Some(accept),
             follow,
             resolve,
+            record,
+            cache,
             connections,
         }
     }
 
-    /// Moves the service to a new listener; connections accepted on the old one run on.
-    pub async fn rebind(&mut self, listener: TcpListener) {
-        if let Ok(addr) = listener.local_addr() {
-            *self
-                .shared
-                .listen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = addr;
-        }
+    /// The service's state.
+    pub fn state(&self) -> &Arc<ServiceState> {
+        &self.state
+    }
+
+    /// The service's live connections.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
+    /// Records etcd's views in `cache` from now on (`None`: nowhere); the current view is
+    /// written to a new writer at once, not at the next registry change.
+    pub fn set_cache(&self, cache: Option<Arc<CacheWriter>>) {
+        self.cache.send_replace(cache);
+    }
+
+    /// Moves the service to a new listener (bound at `addr`); connections accepted on the
+    /// old one run on.
+    pub async fn rebind(&mut self, listener: TcpListener, addr: SocketAddr) {
+        self.state.set_listen_addr(addr);
         self.stop_accepting_only().await;
         self.stop_accepting = CancellationToken::new();
-        self.accept = Some(tokio::spawn(accept_loop(
-            self.shared.clone(),
-            listener,
-            self.stop_accepting.clone(),
-            self.connections.clone(),
-        )));
+        self.accept = Some(tokio::spawn(
+            accept_loop(
+                self.state.clone(),
+                listener,
+                self.stop_accepting.clone(),
+                self.connections.clone(),
+            )
+            .instrument(self.state.span().clone()),
+        ));
     }
 
     /// Closes the listener; everything else runs on.
@@ -449,36 +186,33 @@ impl ServiceRuntime {
     pub fn stop_following(&self) {
         self.follow.abort();
         self.resolve.abort();
+        self.record.abort();
     }
 
     /// Follows a new discovery (the etcd block changed); the current set is served until
     /// the new one answers.
     pub fn rediscover(&mut self, discovery: Discovery) {
         self.follow.abort();
-        let initial = self
-            .shared
-            .last_known
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        self.follow = tokio::spawn(follow(self.shared.clone(), Sources { discovery, initial }));
+        let initial = self.state.last_known();
+        let sources = Sources { discovery, initial };
+        self.follow =
+            tokio::spawn(follow(self.state.clone(), sources).instrument(self.state.span().clone()));
     }
 
     /// Stops accepting and following the registry; live connections run on (cut after
     /// `drain_timeout` if set). Returns the tracker to wait on them.
     pub async fn stop(mut self) -> TaskTracker {
         self.stop_accepting_only().await;
-        self.follow.abort();
-        self.resolve.abort();
+        self.stop_following();
         self.connections.close();
-        if let Some(timeout) = self.shared.config.load().drain_timeout {
-            let set = self.shared.set.load_full();
+        if let Some(timeout) = self.state.config().drain_timeout {
+            let set = self.state.set();
             let tracker = self.connections.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(timeout.get()) => {
                         for b in set.active.iter().chain(&set.draining) {
-                            b.stats.drain.load().cancel();
+                            b.state.cut_connections();
                         }
                     }
                     _ = tracker.wait() => {}
@@ -494,22 +228,21 @@ impl Drop for ServiceRuntime {
     /// shutdown) must not leave its listener and watch running in the background.
     fn drop(&mut self) {
         self.stop_accepting.cancel();
-        self.follow.abort();
-        self.resolve.abort();
+        self.stop_following();
     }
 }
 
 /// A connection's slot of `max_connections`, given back when its task ends (or panics).
-struct HeldSlot(Arc<Shared>);
+struct HeldSlot(Arc<ServiceState>);
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
-        self.0.limit.release();
+        self.0.limit().release();
     }
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    state: Arc<ServiceState>,
     listener: TcpListener,
     stop: CancellationToken,
     connections: TaskTracker,
@@ -522,7 +255,7 @@ async fn accept_loop(
         let slot = tokio::select! {
             biased;
             _ = &mut stopped => return,
-            slot = shared.limit.take() => slot,
+            slot = state.limit().take() => slot,
         };
         let accepted = tokio::select! {
             biased;
@@ -530,17 +263,21 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 slot.keep();
-                let held = HeldSlot(shared.clone());
-                connections.spawn(async move { forward::serve(&held.0, stream).await });
+                let held = HeldSlot(state.clone());
+                // A debug span: with debug logging off it is disabled, and entering it on
+                // every poll of the relay costs a branch.
+                let span = tracing::debug_span!(parent: state.span(), "connection", %peer);
+                let serve = async move { forward::serve(&held.0, stream).await };
+                connections.spawn(serve.instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors and the like: retrying at once would spin.
                 let now = backends::now_ms();
                 if warning_due(last_error_warned, now) {
                     last_error_warned = now;
-                    tracing::warn!(service = %shared.name, error = %e, "accept failed; retrying");
+                    tracing::warn!(error = %e, "accept failed; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -548,20 +285,50 @@ async fn accept_loop(
     }
 }
 
+/// Records etcd's views of the service in the cache file: an observer of the follower's
+/// choice. Writes when etcd's instances change or the writer does (a reload moved the
+/// file), never for the cache's or the defaults' own instances.
+async fn record_in_cache(
+    state: Arc<ServiceState>,
+    mut cache: watch::Receiver<Option<Arc<CacheWriter>>>,
+) {
+    let mut chosen = state.subscribe_choice();
+    // What was last given to which writer; a weak reference, so that a writer a reload
+    // dropped is not kept alive (and writing) by this task.
+    let mut recorded: Option<(Weak<CacheWriter>, Arc<Instances>)> = None;
+    loop {
+        let writer = cache.borrow_and_update().clone();
+        let view = chosen
+            .borrow_and_update()
+            .view
+            .as_ref()
+            .map(|v| (v.instances.clone(), v.revision));
+        if let (Some(writer), Some((instances, revision))) = (writer, view) {
+            let done = recorded.as_ref().is_some_and(|(w, i)| {
+                Weak::ptr_eq(w, &Arc::downgrade(&writer)) && Arc::ptr_eq(i, &instances)
+            });
+            if !done {
+                writer.store(state.name(), instances.clone(), revision);
+                recorded = Some((Arc::downgrade(&writer), instances));
+            }
+        }
+        tokio::select! {
+            changed = chosen.changed() => if changed.is_err() { return },
+            changed = cache.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Keeps the service's backend set in line with etcd (or the cache, or the defaults), and
-/// does the housekeeping: expired ejections, forgotten drained backends, drain timeouts.
+/// does the housekeeping: expired ejections, forgotten drained backends.
 ///
 /// The watch channel keeps only the newest view, so a burst of registry changes costs one
 /// rebuild per view the follower gets to, not one per change; and the rebuild (O(instances))
 /// runs on the blocking pool, never on the workers that relay traffic.
-async fn follow(shared: Arc<Shared>, sources: Sources) {
+async fn follow(state: Arc<ServiceState>, sources: Sources) {
     let Sources { discovery, initial } = sources;
     let mut views = discovery.subscribe();
     let mut applied: Option<Applied> = None;
-    // What was last given to which writer; a weak reference, so that a writer a reload
-    // dropped is not kept alive (and writing) by this task.
-    let mut cached_instances: Option<Arc<Instances>> = None;
-    let mut cached_to: std::sync::Weak<CacheWriter> = std::sync::Weak::new();
     let (initial, initial_source) = match initial {
         Some((i, s)) => (Some(i), s),
         None => (None, Source::Cache),
@@ -570,36 +337,30 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let view: Option<ServiceView> = views.borrow_and_update().clone();
-        let config = shared.config.load_full();
-        let known = match &view {
-            Some(v) => Some((v.instances.clone(), Source::Etcd)),
-            None => initial.clone().map(|i| (i, initial_source)),
-        };
-        *shared
-            .last_known
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = known;
-        shared.record_registry(view.as_ref());
-        if let (Some(v), Some(cache)) = (&view, shared.cache.load_full()) {
-            let new_writer = !std::sync::Weak::ptr_eq(&cached_to, &Arc::downgrade(&cache));
-            if new_writer
-                || cached_instances
-                    .as_ref()
-                    .is_none_or(|c| !Arc::ptr_eq(c, &v.instances))
-            {
-                cached_instances = Some(v.instances.clone());
-                cached_to = Arc::downgrade(&cache);
-                cache.store(&shared.name, v.instances.clone(), v.revision);
-            }
-        }
         let wanted = Wanted {
-            view: view.map(|v| v.instances),
+            view: view.as_ref().map(|v| v.instances.clone()),
             initial: initial.clone(),
             initial_source,
-            config,
+            config: state.config().clone(),
         };
+        let mut update = None;
         if applied.as_ref().is_none_or(|a| !a.wanted.same_as(&wanted)) {
-            applied = rebuild(&shared, wanted, applied.take()).await;
+            (applied, update) = rebuild(&state, wanted, applied.take()).await;
+        }
+        // Observers first, then the set: whoever a new set serves sees the registry state
+        // it came from.
+        state.publish_choice(Chosen {
+            known: match &view {
+                Some(v) => Some((v.instances.clone(), Source::Etcd)),
+                None => initial.clone().map(|i| (i, initial_source)),
+            },
+            synced: view.as_ref().map(|v| (v.revision, v.last_sync)),
+            view,
+            source: applied.as_ref().map(|a| a.source),
+        });
+        if let Some((set, events)) = update {
+            install(&state, set, events);
+            state.mark_known();
         }
         loop {
             tokio::select! {
@@ -609,9 +370,9 @@ async fn follow(shared: Arc<Shared>, sources: Sources) {
                         return;
                     }
                 }
-                _ = shared.recompute.notified() => {}
+                _ = state.recompute_wanted() => {}
                 _ = housekeeping.tick() => {
-                    housekeep(&shared);
+                    housekeep(&state);
                     continue;
                 }
             }
@@ -667,14 +428,17 @@ struct Applied {
     source: Source,
 }
 
-/// Makes the set `wanted` asks for, off the async workers, and swaps it in if it differs
-/// from the one in service. Returns what is in service now.
+/// A new backend set and what changed, to install.
+type Update = (BackendSet, Vec<SetEvent>);
+
+/// Makes the set `wanted` asks for, off the async workers. Returns what is in service after
+/// it, and the new set when it differs from the one in service.
 async fn rebuild(
-    shared: &Arc<Shared>,
+    state: &Arc<ServiceState>,
     wanted: Wanted,
     applied: Option<Applied>,
-) -> Option<Applied> {
-    let old = shared.set.load_full();
+) -> (Option<Applied>, Option<Update>) {
+    let old = state.set();
     let made = tokio::task::spawn_blocking(move || {
         let Some((specs, source)) = wanted.choose() else {
             return (applied.map(|a| Applied { wanted, ..a }), None);
@@ -698,43 +462,35 @@ async fn rebuild(
         Ok(made) => made,
         // Only a panic in the pure rebuild; the set in service stays.
         Err(e) => {
-            tracing::error!(service = %shared.name, error = %e, "rebuilding the backend set failed");
-            return None;
+            tracing::error!(error = %e, "rebuilding the backend set failed");
+            return (None, None);
         }
     };
-    shared
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .source = applied.as_ref().map(|a| a.source);
-    if let (Some(a), Some(((set, events), previous_source))) = (&applied, update) {
-        if previous_source != Some(a.source) {
-            log_source(&shared.name, a.source, a.specs.len());
+    let update = match (&applied, update) {
+        (Some(a), Some((update, previous_source))) => {
+            if previous_source != Some(a.source) {
+                log_source(a.source, a.specs.len());
+            }
+            Some(update)
         }
-        install(shared, set, events);
-        shared.ready.store(true, Ordering::Release);
-        shared.known.send_replace(true);
-    }
-    applied
+        _ => None,
+    };
+    (applied, update)
 }
 
-fn log_source(service: &str, source: Source, backends: usize) {
+fn log_source(source: Source, backends: usize) {
     match source {
-        Source::Etcd => tracing::info!(service, backends, "serving etcd's view"),
+        Source::Etcd => tracing::info!(backends, "serving etcd's view"),
         Source::Cache => {
             tracing::info!(
-                service,
                 backends,
                 "serving the last known backends until etcd answers"
             )
         }
-        Source::Defaults => {
-            tracing::info!(
-                service,
-                backends,
-                "the registry has no instance: serving default_servers"
-            )
-        }
+        Source::Defaults => tracing::info!(
+            backends,
+            "the registry has no instance: serving default_servers"
+        ),
     }
 }
 
@@ -743,21 +499,23 @@ fn log_source(service: &str, source: Source, backends: usize) {
 const EVENTS_LOGGED: usize = 20;
 
 /// Swaps in `set` and acts on what changed.
-fn install(shared: &Arc<Shared>, set: BackendSet, events: Vec<SetEvent>) {
+fn install(state: &Arc<ServiceState>, set: BackendSet, events: Vec<SetEvent>) {
     let set = Arc::new(set);
-    shared.set.store(set.clone());
-    let drain_timeout = shared.config.load().drain_timeout;
+    state.install_set(set.clone());
+    let drain_timeout = state.config().drain_timeout;
     let mut counts = EventCounts::default();
     for (n, event) in events.into_iter().enumerate() {
         counts.count(&event);
         let log = n < EVENTS_LOGGED;
         match event {
-            SetEvent::Added(s) if log => {
-                tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), weight = s.weight, zone = ?s.zone, "backend added")
-            }
-            SetEvent::Updated { from, to } if log => {
-                tracing::info!(service = %shared.name, id = %to.id, backend = %format!("{}:{}", to.host, to.port), weight = to.weight, old_weight = from.weight, zone = ?to.zone, "backend updated")
-            }
+            SetEvent::Added(s) if log => tracing::info!(
+                id = %s.id, backend = %format!("{}:{}", s.host, s.port), weight = s.weight,
+                zone = ?s.zone, "backend added"
+            ),
+            SetEvent::Updated { from, to } if log => tracing::info!(
+                id = %to.id, backend = %format!("{}:{}", to.host, to.port), weight = to.weight,
+                old_weight = from.weight, zone = ?to.zone, "backend updated"
+            ),
             SetEvent::Added(_) | SetEvent::Updated { .. } => {}
             SetEvent::Revived(s) => {
                 if let Some(b) = set
@@ -765,12 +523,13 @@ fn install(shared: &Arc<Shared>, set: BackendSet, events: Vec<SetEvent>) {
                     .iter()
                     .find(|b| b.spec.endpoint() == s.endpoint())
                 {
-                    if b.stats.drain.load().is_cancelled() {
-                        b.stats.drain.store(Arc::new(CancellationToken::new()));
-                    }
+                    b.state.revived();
                 }
                 if log {
-                    tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend back in the registry while draining");
+                    tracing::info!(
+                        id = %s.id, backend = %format!("{}:{}", s.host, s.port),
+                        "backend back in the registry while draining"
+                    );
                 }
             }
             SetEvent::Removed(s) => {
@@ -779,18 +538,29 @@ fn install(shared: &Arc<Shared>, set: BackendSet, events: Vec<SetEvent>) {
                     .iter()
                     .find(|b| b.spec.endpoint() == s.endpoint())
                     .cloned();
-                let live = draining.as_ref().map(|b| b.stats.active()).unwrap_or(0);
+                let live = draining.as_ref().map(|b| b.state.active()).unwrap_or(0);
                 if log {
-                    tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), live_connections = live, "backend removed; live connections run on");
+                    tracing::info!(
+                        id = %s.id, backend = %format!("{}:{}", s.host, s.port),
+                        live_connections = live, "backend removed; live connections run on"
+                    );
                 }
                 if let (Some(b), Some(timeout)) = (draining, drain_timeout) {
-                    cut_after_drain_timeout(shared.clone(), b, timeout.get());
+                    cut_after_drain_timeout(state.clone(), b, timeout.get());
                 }
             }
         }
     }
     if counts.total > EVENTS_LOGGED {
-        tracing::info!(service = %shared.name, added = counts.added, updated = counts.updated, removed = counts.removed, revived = counts.revived, backends = set.active.len(), not_logged = counts.total - EVENTS_LOGGED, "backend set changed");
+        tracing::info!(
+            added = counts.added,
+            updated = counts.updated,
+            removed = counts.removed,
+            revived = counts.revived,
+            backends = set.active.len(),
+            not_logged = counts.total - EVENTS_LOGGED,
+            "backend set changed"
+        );
     }
 }
 
@@ -816,32 +586,37 @@ impl EventCounts {
 }
 
 /// Closes what is left of a removed backend's connections once `timeout` has passed.
-fn cut_after_drain_timeout(shared: Arc<Shared>, b: Backend, timeout: Duration) {
-    tokio::spawn(async move {
+fn cut_after_drain_timeout(state: Arc<ServiceState>, b: Backend, timeout: Duration) {
+    let span = state.span().clone();
+    let cut = async move {
         tokio::time::sleep(timeout).await;
-        let still_draining = shared
-            .set
-            .load()
+        let still_draining = state
+            .set()
             .draining
             .iter()
-            .any(|d| Arc::ptr_eq(&d.stats, &b.stats));
-        if still_draining && b.stats.active() > 0 {
-            tracing::info!(service = %shared.name, backend = %format!("{}:{}", b.spec.host, b.spec.port), connections = b.stats.active(), "drain_timeout passed: closing the remaining connections");
-            b.stats.drain.load().cancel();
+            .any(|d| Arc::ptr_eq(&d.state, &b.state));
+        if still_draining && b.state.active() > 0 {
+            tracing::info!(
+                backend = %b.addr(), connections = b.state.active(),
+                "drain_timeout passed: closing the remaining connections"
+            );
+            b.state.cut_connections();
         }
-    });
+    };
+    tokio::spawn(cut.instrument(span));
 }
 
-fn housekeep(shared: &Shared) {
-    let set = shared.set.load_full();
-    for s in backends::restore_expired(&set, backends::now_ms()) {
-        tracing::info!(service = %shared.name, id = %s.id, backend = %format!("{}:{}", s.host, s.port), "backend restored: ejection time is up");
-    }
-    if let Some(pruned) = backends::prune(&set) {
-        // Only forget if nothing swapped the set meanwhile.
-        let previous = shared.set.compare_and_swap(&set, Arc::new(pruned));
-        if Arc::ptr_eq(&previous, &set) {
-            tracing::debug!(service = %shared.name, "drained backends forgotten");
+fn housekeep(state: &ServiceState) {
+    let set = state.set();
+    state.ejector().restore_expired(
+        set.active
+            .iter()
+            .map(|b| (b.state.ejection(), b.addr(), b.spec.id.as_str())),
+    );
+    // Only forget if nothing swapped the set meanwhile.
+    if let Some(pruned) = backends::prune(&set, backends::now_ms()) {
+        if state.replace_set(&set, pruned) {
+            tracing::debug!("drained backends forgotten");
         }
     }
 }
@@ -873,13 +648,6 @@ mod tests {
 
     fn ports(chosen: Option<(Vec<BackendSpec>, Source)>) -> Option<(Vec<u16>, Source)> {
         chosen.map(|(s, src)| (s.iter().map(|b| b.port).collect(), src))
-    }
-
-    #[test]
-    fn a_repeated_warning_is_logged_the_first_time_even_right_after_start() {
-        assert!(warning_due(0, 1));
-        assert!(!warning_due(1_000, 1_000 + UNSERVED_WARN_EVERY - 1));
-        assert!(warning_due(1_000, 1_000 + UNSERVED_WARN_EVERY));
     }
 
     #[test]

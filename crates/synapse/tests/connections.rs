@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use registry::ConfigDuration;
-use synapse::backends::Source;
 use synapse::config::{DefaultServer, ListenAddr};
 use synapse::Balance;
+use synapse::Source;
 use testkit::backend::EchoConnection;
 use testkit::{wait_until, Backend, EtcdServer};
 use tokio::io::AsyncReadExt;
@@ -260,6 +260,31 @@ async fn a_live_connection_survives_its_backends_deregistration_and_reloads() {
     synapse.shutdown().await;
 }
 
+/// The drain procedure's "watch `active` reach 0" (docs/operations.md): a backend that left
+/// the registry stays on the status page, as `drained`, once its last connection closes.
+#[tokio::test]
+async fn a_drained_backend_stays_on_the_status_page_after_its_last_connection() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let long = EchoConnection::open(addr).await.unwrap();
+    register(&etcd, "web", "b", b.port());
+    deregister(&etcd, "web", "a");
+    wait_backends(&synapse, "web", &[b.port()]).await;
+    assert_eq!(active_on(&synapse, "web", a.port()), Some(("draining", 1)));
+    drop(long);
+    wait_until(
+        "the backend shows as drained with no connection",
+        DEADLINE,
+        || async { active_on(&synapse, "web", a.port()) == Some(("drained", 0)) },
+    )
+    .await;
+    synapse.shutdown().await;
+}
+
 #[tokio::test]
 async fn drain_timeout_ends_connections_to_a_removed_backend() {
     let etcd = EtcdServer::start().await;
@@ -497,6 +522,78 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
         "nothing was applied"
     );
     assert_eq!(greet(addr).await, Ok("a".to_owned()));
+    synapse.shutdown().await;
+}
+
+/// What `/status` says about each service's shape (not its counters).
+async fn shapes(admin: std::net::SocketAddr) -> Vec<(String, String, String)> {
+    let status = admin_status(admin).await.expect("GET /status");
+    let services = status["services"].as_object().expect("services").clone();
+    services
+        .into_iter()
+        .map(|(name, s)| (name, s["listen"].to_string(), s["balance"].to_string()))
+        .collect()
+}
+
+/// A reload rejected in its prepare step (a new service's address is taken) changes nothing
+/// else the same file asks for: a removed service, a tuned one, a moved admin server and a
+/// new zone all stay as they were.
+#[tokio::test]
+async fn a_reload_rejected_in_prepare_leaves_services_listeners_and_status_unchanged() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    register(&etcd, "web", "a", a.port());
+    register(&etcd, "api", "b", b.port());
+    let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
+    cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+    let synapse = start(cfg).await;
+    let (web, api) = (
+        synapse.listen_addr("web").unwrap(),
+        synapse.listen_addr("api").unwrap(),
+    );
+    let admin = synapse.admin_addr().unwrap();
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    wait_backends(&synapse, "api", &[b.port()]).await;
+    let before = shapes(admin).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let new_admin: ListenAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let mut new = config(etcd.endpoint(), vec![service("web"), service("new")]);
+    new.services[0].listen = ListenAddr(web);
+    new.services[0].balance = Balance::Random;
+    new.services[1].listen = ListenAddr(taken.local_addr().unwrap());
+    new.admin = Some(new_admin);
+    new.zone = Some("b".into());
+    let err = synapse.reload(new).await.unwrap_err();
+    assert!(
+        matches!(&err, synapse::Error::Listen { service, .. } if service == "new"),
+        "{err}"
+    );
+
+    assert_eq!(synapse.admin_addr(), Some(admin));
+    assert!(
+        TcpStream::connect(new_admin.0).await.is_err(),
+        "admin moved"
+    );
+    assert_eq!(synapse.listen_addr("web"), Some(web));
+    assert_eq!(synapse.listen_addr("api"), Some(api), "api was stopped");
+    assert_eq!(synapse.listen_addr("new"), None);
+    assert_eq!(shapes(admin).await, before);
+
+    // The same when it is the admin server's new address that is taken.
+    let mut admin_taken = config(etcd.endpoint(), vec![service("web")]);
+    admin_taken.services[0].listen = ListenAddr(web);
+    admin_taken.admin = Some(ListenAddr(taken.local_addr().unwrap()));
+    let err = synapse.reload(admin_taken).await.unwrap_err();
+    assert!(matches!(&err, synapse::Error::AdminListen { .. }), "{err}");
+    assert_eq!(synapse.admin_addr(), Some(admin));
+    assert_eq!(synapse.listen_addr("api"), Some(api), "api was stopped");
+    assert_eq!(shapes(admin).await, before);
+
+    assert_eq!(greet(web).await, Ok("a".to_owned()));
+    assert_eq!(greet(api).await, Ok("b".to_owned()));
     synapse.shutdown().await;
 }
 

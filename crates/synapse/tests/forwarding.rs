@@ -179,6 +179,46 @@ async fn synapse_starts_while_etcd_is_down_and_holds_early_connections() {
     synapse.shutdown().await;
 }
 
+/// `startup_wait` counts from each connection's own accept, not from the start of synapse: a
+/// client that arrives after an earlier one gave up waits its full `startup_wait` too.
+#[tokio::test]
+async fn startup_wait_counts_from_each_connections_accept() {
+    use tokio::io::AsyncBufReadExt;
+    let a = Backend::start("a").await;
+    let mut web = service("web");
+    web.startup_wait = registry::ConfigDuration::from_secs(2);
+    // Nothing answers at that endpoint: no backend set is known until a reload names one.
+    let nowhere = format!("http://127.0.0.1:{}", testkit::free_port());
+    let mut cfg = config(nowhere, vec![web]);
+    let synapse = start(cfg.clone()).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    let first = greet(addr).await;
+    assert!(first.is_err(), "served with no backend known: {first:?}");
+    assert_eq!(synapse.status()["web"].unserved_connections, 1);
+
+    // Past startup_wait since start: a new client still waits for a backend set.
+    let mut late = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut line = String::new();
+    let early_end =
+        tokio::time::timeout(Duration::from_millis(500), late.read_line(&mut line)).await;
+    assert!(
+        early_end.is_err(),
+        "the late connection was closed at once: {early_end:?}"
+    );
+    cfg.services[0].listen = synapse::config::ListenAddr(addr);
+    cfg.services[0].default_servers = vec![synapse::config::DefaultServer {
+        host: "127.0.0.1".into(),
+        port: a.port(),
+        weight: 1,
+        zone: None,
+    }];
+    synapse.reload(cfg).await.unwrap();
+    let read = tokio::time::timeout(DEADLINE, late.read_line(&mut line)).await;
+    assert!(matches!(read, Ok(Ok(n)) if n > 0), "{read:?}");
+    assert_eq!(line.trim_end(), "a");
+    synapse.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_connect_failure_moves_to_another_backend() {
     let etcd = EtcdServer::start().await;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use synapse::backends::Source;
+use synapse::Source;
 use testkit::{wait_until, Backend, EtcdServer, Link};
 
 async fn assert_all_served(addr: SocketAddr, n: usize, expected: &[&str]) {

@@ -43,7 +43,7 @@ async fn routed_ids(admin: SocketAddr, service: &str) -> Vec<String> {
         .map(|backends| {
             backends
                 .iter()
-                .filter(|b| b["state"] != "draining")
+                .filter(|b| b["state"] != "draining" && b["state"] != "drained")
                 .filter_map(|b| b["id"].as_str().map(str::to_owned))
                 .collect()
         })

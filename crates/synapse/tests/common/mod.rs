@@ -57,7 +57,8 @@ pub async fn greet(addr: SocketAddr) -> Result<String, String> {
     greeting(addr, Duration::from_secs(5)).await
 }
 
-/// The names of the backends `synapse` routes `service` to, as the status shows.
+/// The ports of the backends `synapse` routes `service` to (not draining or drained), as the
+/// status shows.
 pub fn backend_ports(synapse: &Synapse, service: &str) -> Vec<u16> {
     let mut ports: Vec<u16> = synapse
         .status()
@@ -65,7 +66,7 @@ pub fn backend_ports(synapse: &Synapse, service: &str) -> Vec<u16> {
         .map(|s| {
             s.backends
                 .iter()
-                .filter(|b| b.state != "draining")
+                .filter(|b| b.state != "draining" && b.state != "drained")
                 .map(|b| b.port)
                 .collect()
         })
