@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use testkit::process::workspace_bin;
-use testkit::{free_port, wait_until, ChildProcess, EtcdServer};
+use testkit::{free_port, wait_until, Daemon, EtcdServer};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const BINS: [&str; 2] = ["nerve", "synapse"];
@@ -94,19 +94,10 @@ fn an_admin_address_beyond_loopback_is_refused_naming_the_key() {
 
 /// Runs `bin -c FILE` with `args`, its output going to a file, until it has started;
 /// stops it with SIGTERM and returns what it logged.
-async fn log_of_a_run(bin: &str, dir: &Path, endpoint: &str, args: &[&str]) -> String {
-    let path = dir.join(format!("{bin}.yaml"));
-    std::fs::write(&path, config(bin, endpoint, "")).unwrap_or_else(|e| panic!("write: {e}"));
-    let mut cmd = Command::new(workspace_bin(bin));
-    // Without NO_COLOR: what keeps colour out of the file must be that it is no terminal.
-    cmd.arg("-c")
-        .arg(&path)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR");
-    let mut child = ChildProcess::spawn_logged(bin, cmd, &dir.join(format!("{bin}.log")));
-    wait_until(&format!("{bin} has started"), DEADLINE, || async {
-        child.output().contains(&format!("{bin} started"))
+async fn log_of_a_run(bin: &str, endpoint: &str, args: &[&str]) -> String {
+    let mut child = Daemon::start(bin, &config(bin, endpoint, ""), |cmd| {
+        // Without NO_COLOR: what keeps colour out of the file must be that it is no terminal.
+        cmd.args(args).env_remove("NO_COLOR");
     })
     .await;
     child.signal(Signal::SIGTERM);
@@ -122,9 +113,8 @@ async fn log_of_a_run(bin: &str, dir: &Path, endpoint: &str, args: &[&str]) -> S
 #[tokio::test]
 async fn text_logs_in_a_file_carry_no_colour_codes() {
     let etcd = EtcdServer::start().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     for bin in BINS {
-        let log = log_of_a_run(bin, dir.path(), &etcd.endpoint(), &[]).await;
+        let log = log_of_a_run(bin, &etcd.endpoint(), &[]).await;
         assert!(log.contains("INFO"), "{bin}: {log}");
         assert!(
             !log.contains('\x1b'),
@@ -136,9 +126,8 @@ async fn text_logs_in_a_file_carry_no_colour_codes() {
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_level_and_message() {
     let etcd = EtcdServer::start().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     for bin in BINS {
-        let log = log_of_a_run(bin, dir.path(), &etcd.endpoint(), &["--log-format", "json"]).await;
+        let log = log_of_a_run(bin, &etcd.endpoint(), &["--log-format", "json"]).await;
         let lines: Vec<&str> = log.lines().collect();
         assert!(lines.len() >= 2, "{bin}: {log}");
         for line in lines {
@@ -160,13 +149,7 @@ async fn json_logs_are_one_object_per_line_with_level_and_message() {
 #[tokio::test]
 async fn nerve_logs_lease_ids_as_etcdctl_prints_them() {
     let etcd = EtcdServer::start().await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let path = dir.path().join("nerve.yaml");
-    std::fs::write(&path, config("nerve", &etcd.endpoint(), ""))
-        .unwrap_or_else(|e| panic!("write: {e}"));
-    let mut cmd = Command::new(workspace_bin("nerve"));
-    cmd.arg("-c").arg(&path).env("RUST_LOG", "info");
-    let mut nerve = ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"));
+    let mut nerve = Daemon::spawn("nerve", &config("nerve", &etcd.endpoint(), ""), |_| {});
     wait_until("the lease is granted", DEADLINE, || async {
         nerve.output().contains("lease granted")
     })

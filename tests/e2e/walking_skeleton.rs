@@ -3,22 +3,22 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use testkit::backend::greeting;
 use testkit::process::workspace_bin;
-use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
 
 const PREFIX: &str = "/smartstack/services";
 const CHECK_INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn spawn(bin: &str, dir: &Path, config: &str) -> ChildProcess {
-    ChildProcess::spawn_configured(bin, dir, config)
+/// `bin` on `config`, not waited for (some tests start it while etcd is down).
+fn spawn(bin: &str, config: &str) -> Daemon {
+    Daemon::spawn(bin, config, |_| {})
 }
 
 fn nerve_config(endpoint: &str, backends: &[(&str, u16)]) -> String {
@@ -68,24 +68,18 @@ async fn route(addr: SocketAddr, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn traffic_reaches_both_backends_and_survives_one_dying() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let mut a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let listen = listen_addr();
     let _nerve = spawn(
         "nerve",
-        dir.path(),
         &nerve_config(
             &etcd.endpoint(),
             &[("web-a", a.port()), ("web-b", b.port())],
         ),
     );
-    let _synapse = spawn(
-        "synapse",
-        dir.path(),
-        &synapse_config(&etcd.endpoint(), listen),
-    );
+    let _synapse = spawn("synapse", &synapse_config(&etcd.endpoint(), listen));
 
     wait_until("both instances are registered", DEADLINE, || async {
         registered(&etcd) == set(&["web-a", "web-b"])
@@ -147,12 +141,10 @@ async fn traffic_reaches_both_backends_and_survives_one_dying() {
 
 #[tokio::test]
 async fn sigterm_to_nerve_removes_its_keys_at_once() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let a = Backend::start("a").await;
     let mut nerve = spawn(
         "nerve",
-        dir.path(),
         &nerve_config(&etcd.endpoint(), &[("web-a", a.port())]),
     );
     wait_until("web-a is registered", DEADLINE, || async {
@@ -178,7 +170,6 @@ async fn sigterm_to_nerve_removes_its_keys_at_once() {
 
 #[tokio::test]
 async fn a_hand_written_record_is_routable_and_a_malformed_one_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let manual = Backend::start("manual").await;
     etcd.etcdctl(&[
@@ -188,11 +179,7 @@ async fn a_hand_written_record_is_routable_and_a_malformed_one_is_skipped() {
     ]);
     etcd.etcdctl(&["put", "/smartstack/services/web/garbage", "not json at all"]);
     let listen = listen_addr();
-    let synapse = spawn(
-        "synapse",
-        dir.path(),
-        &synapse_config(&etcd.endpoint(), listen),
-    );
+    let synapse = spawn("synapse", &synapse_config(&etcd.endpoint(), listen));
     etcd.etcdctl(&[
         "put",
         "/smartstack/services/web/by-hand",
@@ -216,21 +203,15 @@ async fn a_hand_written_record_is_routable_and_a_malformed_one_is_skipped() {
 
 #[tokio::test]
 async fn both_programs_start_while_etcd_is_down_and_catch_up() {
-    let dir = tempfile::tempdir().unwrap();
     let mut etcd = EtcdServer::start().await;
     etcd.kill();
     let a = Backend::start("a").await;
     let listen = listen_addr();
     let mut nerve = spawn(
         "nerve",
-        dir.path(),
         &nerve_config(&etcd.endpoint(), &[("web-a", a.port())]),
     );
-    let mut synapse = spawn(
-        "synapse",
-        dir.path(),
-        &synapse_config(&etcd.endpoint(), listen),
-    );
+    let mut synapse = spawn("synapse", &synapse_config(&etcd.endpoint(), listen));
     wait_until("both log that etcd is unreachable", DEADLINE, || async {
         nerve.output().to_lowercase().contains("unreachable")
             && synapse.output().to_lowercase().contains("unreachable")

@@ -47,14 +47,26 @@ impl Daemon {
 
     /// Like [`Daemon::start`] without waiting: for binaries expected to fail at start.
     pub fn spawn(bin: &str, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        Self::spawn_with(bin, config, |exe, config| {
+            let mut cmd = Command::new(exe);
+            cmd.arg("--config").arg(config);
+            adjust(&mut cmd);
+            cmd
+        })
+    }
+
+    /// Like [`Daemon::spawn`], the command built by `command` from the binary's path and
+    /// the configuration file's (to run it under `prlimit`, a shell's `ulimit`, ...).
+    pub fn spawn_with(
+        bin: &str,
+        config: &str,
+        command: impl FnOnce(&Path, &Path) -> Command,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let config_path = dir.path().join(format!("{bin}.yaml"));
         write(&config_path, config);
-        let mut cmd = Command::new(workspace_bin(bin));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info");
-        adjust(&mut cmd);
+        let mut cmd = command(&workspace_bin(bin), &config_path);
+        cmd.env("RUST_LOG", "info");
         let process = ChildProcess::spawn_logged(bin, cmd, &dir.path().join(format!("{bin}.log")));
         Daemon {
             process,

@@ -34,16 +34,6 @@ impl ChildProcess {
         }
     }
 
-    /// Runs this workspace's `bin` (`nerve`, `synapse`) with `config` written to
-    /// `dir/<bin>.yaml`, logging to `dir/<bin>.log` at `RUST_LOG=info`.
-    pub fn spawn_configured(bin: &str, dir: &Path, config: &str) -> Self {
-        let path = dir.join(format!("{bin}.yaml"));
-        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        let mut cmd = Command::new(workspace_bin(bin));
-        cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-        Self::spawn_logged(bin, cmd, &dir.join(format!("{bin}.log")))
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use testkit::{Backend, ChildProcess, EtcdServer, Link};
+use testkit::{Backend, Daemon, EtcdServer, Link};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nerve");
 
-fn spawn(dir: &tempfile::TempDir, config_text: &str) -> ChildProcess {
-    let path = dir.path().join("nerve.yaml");
-    std::fs::write(&path, config_text).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"))
+/// nerve on `config_text`, not waited for (some tests expect it to fail at start).
+fn spawn(config_text: &str) -> Daemon {
+    Daemon::spawn("nerve", config_text, |_| {})
 }
 
 #[test]
@@ -82,19 +79,15 @@ async fn signal_deregisters_and_exits_zero(signal: Signal) {
     let backend = Backend::start("web").await;
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nerve = spawn(
-        &dir,
-        &yaml(
-            &endpoints,
-            "",
-            &format!(
-                "{}{}",
-                tcp_service("web", "a", backend.port()),
-                tcp_service("api", "b", backend.port())
-            ),
+    let mut nerve = spawn(&yaml(
+        &endpoints,
+        "",
+        &format!(
+            "{}{}",
+            tcp_service("web", "a", backend.port()),
+            tcp_service("api", "b", backend.port())
         ),
-    );
+    ));
     testkit::wait_until("both registered", Duration::from_secs(15), || async {
         exists(&c, &key("web", "a")).await && exists(&c, &key("api", "b")).await
     })
@@ -129,9 +122,7 @@ async fn sigint_deregisters_everything_and_exits_zero() {
 
 #[tokio::test]
 async fn an_invalid_config_at_start_exits_non_zero_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
     let mut nerve = spawn(
-        &dir,
         "etcd: {endpoints: [\"http://127.0.0.1:1\"]}\nservices: [{name: web, host: h, port: \
         80, checks: [{type: tcp}], rise: 0}]\n",
     );
@@ -179,7 +170,6 @@ async fn a_check_flapping_below_rise_logs_its_failure_once_per_reason() {
         reason = file("reason"),
     );
     let mut nerve = spawn(
-        &dir,
         &yaml(
             &endpoints,
             "",
@@ -192,7 +182,7 @@ async fn a_check_flapping_below_rise_logs_its_failure_once_per_reason() {
             .map(|s| s.lines().count())
             .unwrap_or(0)
     };
-    let failure_lines = |nerve: &ChildProcess| {
+    let failure_lines = |nerve: &Daemon| {
         nerve
             .output()
             .lines()
@@ -245,11 +235,11 @@ async fn sigterm_during_a_slow_sighup_parse_exits_promptly_and_deregisters() {
     let backend = Backend::start("web").await;
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nerve = spawn(
-        &dir,
-        &yaml(&endpoints, "", &tcp_service("web", "a", backend.port())),
-    );
+    let mut nerve = spawn(&yaml(
+        &endpoints,
+        "",
+        &tcp_service("web", "a", backend.port()),
+    ));
     wait_registered(&c, &key("web", "a")).await;
     // 60,000 nested `[`: about 8 s to parse in a debug build on this kind of machine.
     let deep = format!(
@@ -257,8 +247,7 @@ async fn sigterm_during_a_slow_sighup_parse_exits_promptly_and_deregisters() {
         yaml(&endpoints, "", &tcp_service("web", "a", backend.port())),
         "[".repeat(60_000)
     );
-    std::fs::write(dir.path().join("nerve.yaml"), deep).unwrap();
-    nerve.signal(Signal::SIGHUP);
+    nerve.reload(&deep);
     testkit::wait_until("the reload started", Duration::from_secs(5), || async {
         nerve.output().contains("SIGHUP: reloading")
     })
@@ -292,15 +281,11 @@ async fn sigterm_while_etcd_is_partitioned_exits_within_the_documented_bound() {
     let link = Link::start(etcd.client_addr()).await;
     let backend = Backend::start("web").await;
     let c = client(&[etcd.endpoint()]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nerve = spawn(
-        &dir,
-        &yaml(
-            &[link.http_endpoint()],
-            "",
-            &tcp_service("web", "a", backend.port()),
-        ),
-    );
+    let mut nerve = spawn(&yaml(
+        &[link.http_endpoint()],
+        "",
+        &tcp_service("web", "a", backend.port()),
+    ));
     wait_registered(&c, &key("web", "a")).await;
     link.cut();
     testkit::wait_until(
@@ -343,13 +328,12 @@ async fn a_dead_instance_is_gone_within_1s_of_etcds_return(outage: Outage) {
     let mut dead = Backend::start("dead").await;
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
-    let dir = tempfile::tempdir().unwrap();
     let services = format!(
         "{}{}",
         tcp_service("web", "live", live.port()),
         tcp_service("web", "dead", dead.port())
     );
-    let mut nerve = spawn(&dir, &yaml(&endpoints, "", &services));
+    let mut nerve = spawn(&yaml(&endpoints, "", &services));
     let (live_key, dead_key) = (key("web", "live"), key("web", "dead"));
     testkit::wait_until("both registered", Duration::from_secs(15), || async {
         exists(&c, &live_key).await && exists(&c, &dead_key).await
@@ -461,14 +445,13 @@ async fn a_dead_instance_is_gone_within_1s_of_etcds_return_within_the_ttl() {
     let mut dead = Backend::start("dead").await;
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
-    let dir = tempfile::tempdir().unwrap();
     let services = format!(
         "{}{}",
         tcp_service("web", "live", live.port()),
         tcp_service("web", "dead", dead.port())
     );
     let text = yaml(&endpoints, "", &services).replace("lease_ttl: 2s", "lease_ttl: 20s");
-    let nerve = spawn(&dir, &text);
+    let nerve = spawn(&text);
     let (live_key, dead_key) = (key("web", "live"), key("web", "dead"));
     testkit::wait_until("both registered", Duration::from_secs(15), || async {
         exists(&c, &live_key).await && exists(&c, &dead_key).await

@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use nerve::Nerve;
 use nix::sys::signal::Signal;
-use testkit::{Backend, ChildProcess, EtcdServer};
+use testkit::{Backend, Daemon, EtcdServer};
 
 fn with_weight(service: &str, id: &str, port: u16, weight: u32) -> String {
     format!(
@@ -92,11 +91,9 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_config() {
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
     let p = b.port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nerve.yaml");
-    std::fs::write(
-        &path,
-        yaml(
+    let mut nerve = Daemon::spawn(
+        "nerve",
+        &yaml(
             &endpoints,
             "",
             &format!(
@@ -105,11 +102,8 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_config() {
                 with_weight("drop", "d", p, 100)
             ),
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nerve"));
-    cmd.arg("--config").arg(&path);
-    let mut nerve = ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"));
+        |_| {},
+    );
     testkit::wait_until("registered", Duration::from_secs(15), || async {
         keys(&c).await.len() == 2
     })
@@ -117,12 +111,7 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_config() {
     let kept = get(&c, &key("keep", "k")).await.unwrap();
 
     // An invalid file: logged, nothing changes.
-    std::fs::write(
-        &path,
-        yaml(&endpoints, "", &with_weight("keep", "k", 0, 100)),
-    )
-    .unwrap();
-    nerve.signal(Signal::SIGHUP);
+    nerve.reload(&yaml(&endpoints, "", &with_weight("keep", "k", 0, 100)));
     testkit::wait_until("rejection logged", Duration::from_secs(5), || async {
         nerve.output().contains("reload rejected")
     })
@@ -135,20 +124,15 @@ async fn sighup_reloads_the_file_and_an_invalid_file_keeps_the_old_config() {
     assert!(nerve.is_running());
     assert_eq!(keys(&c).await.len(), 2);
 
-    std::fs::write(
-        &path,
-        yaml(
-            &endpoints,
-            "",
-            &format!(
-                "{}{}",
-                with_weight("keep", "k", p, 100),
-                with_weight("add", "a", p, 100)
-            ),
+    nerve.reload(&yaml(
+        &endpoints,
+        "",
+        &format!(
+            "{}{}",
+            with_weight("keep", "k", p, 100),
+            with_weight("add", "a", p, 100)
         ),
-    )
-    .unwrap();
-    nerve.signal(Signal::SIGHUP);
+    ));
     testkit::wait_until("reloaded", Duration::from_secs(10), || async {
         !exists(&c, &key("drop", "d")).await && exists(&c, &key("add", "a")).await
     })
@@ -173,20 +157,12 @@ async fn shutdown_delay_waits_after_deregistering() {
     let b = Backend::start("b").await;
     let endpoints = vec![etcd.endpoint()];
     let c = client(&endpoints).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nerve.yaml");
-    std::fs::write(
-        &path,
-        yaml(
-            &endpoints,
-            "shutdown_delay: 1s",
-            &with_weight("web", "w", b.port(), 100),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nerve"));
-    cmd.arg("--config").arg(&path);
-    let mut nerve = ChildProcess::spawn_logged("nerve", cmd, &dir.path().join("nerve.log"));
+    let config = yaml(
+        &endpoints,
+        "shutdown_delay: 1s",
+        &with_weight("web", "w", b.port(), 100),
+    );
+    let mut nerve = Daemon::spawn("nerve", &config, |_| {});
     wait_registered(&c, &key("web", "w")).await;
     nerve.signal(Signal::SIGTERM);
     testkit::wait_until("deregistered at once", Duration::from_secs(2), || async {

@@ -4,27 +4,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
 use testkit::backend::EchoConnection;
-use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
 use tokio::net::TcpStream;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_synapse"))
 }
 
-fn spawn(dir: &Path, config: &Path) -> ChildProcess {
-    let mut cmd = Command::new(bin());
-    cmd.arg("--config").arg(config);
-    ChildProcess::spawn_logged("synapse", cmd, &dir.join("synapse.log"))
+/// synapse on `config`, not waited for.
+fn spawn(config: &str) -> Daemon {
+    Daemon::spawn("synapse", config, |_| {})
 }
 
-fn write_config(path: &Path, etcd: &str, services: &[(&str, u16)], extra: &str) {
+fn config_text(etcd: &str, services: &[(&str, u16)], extra: &str) -> String {
     let mut text = format!(
         "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\n{extra}services:\n"
     );
@@ -33,7 +32,7 @@ fn write_config(path: &Path, etcd: &str, services: &[(&str, u16)], extra: &str) 
             "  - name: {name}\n    listen: 127.0.0.1:{port}\n    connect_timeout: 300ms\n"
         ));
     }
-    std::fs::write(path, text).unwrap();
+    text
 }
 
 async fn wait_greeting(addr: std::net::SocketAddr, expected: &str) {
@@ -86,7 +85,6 @@ fn check_config_prints_ok_or_the_problem_with_its_key() {
 
 #[tokio::test]
 async fn sighup_adds_a_service_without_cutting_a_live_connection_and_rejects_a_bad_file() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let (a, c) = (Backend::start("a").await, Backend::start("c").await);
     register(&etcd, "web", "a", a.port());
@@ -94,24 +92,20 @@ async fn sighup_adds_a_service_without_cutting_a_live_connection_and_rejects_a_b
     let (web_port, api_port) = (free_port(), free_port());
     let web: std::net::SocketAddr = format!("127.0.0.1:{web_port}").parse().unwrap();
     let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
-    let config = dir.path().join("synapse.yaml");
-    write_config(&config, &etcd.endpoint(), &[("web", web_port)], "");
-    let synapse = spawn(dir.path(), &config);
+    let config = config_text(&etcd.endpoint(), &[("web", web_port)], "");
+    let synapse = spawn(&config);
     wait_greeting(web, "a").await;
     let mut long = EchoConnection::open(web).await.unwrap();
 
-    write_config(
-        &config,
+    synapse.reload(&config_text(
         &etcd.endpoint(),
         &[("web", web_port), ("api", api_port)],
         "",
-    );
-    synapse.signal(Signal::SIGHUP);
+    ));
     wait_greeting(api, "c").await;
     long.round_trip("after adding a service").await.unwrap();
 
-    std::fs::write(&config, "etcd: {endpoints: []}\n").unwrap();
-    synapse.signal(Signal::SIGHUP);
+    synapse.reload("etcd: {endpoints: []}\n");
     wait_until("the bad reload is logged", DEADLINE, || async {
         synapse.output().contains("reload rejected")
     })
@@ -127,20 +121,17 @@ async fn sighup_adds_a_service_without_cutting_a_live_connection_and_rejects_a_b
 
 #[tokio::test]
 async fn sigterm_stops_accepting_drains_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let a = Backend::start("a").await;
     register(&etcd, "web", "a", a.port());
     let port = free_port();
     let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("synapse.yaml");
-    write_config(
-        &config,
+    let config = config_text(
         &etcd.endpoint(),
         &[("web", port)],
         "shutdown_timeout: 10s\n",
     );
-    let mut synapse = spawn(dir.path(), &config);
+    let mut synapse = spawn(&config);
     wait_greeting(web, "a").await;
     let mut long = EchoConnection::open(web).await.unwrap();
 
@@ -161,20 +152,17 @@ async fn sigterm_stops_accepting_drains_and_exits_zero() {
 
 #[tokio::test]
 async fn sigterm_cuts_connections_left_after_shutdown_timeout() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let a = Backend::start("a").await;
     register(&etcd, "web", "a", a.port());
     let port = free_port();
     let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("synapse.yaml");
-    write_config(
-        &config,
+    let config = config_text(
         &etcd.endpoint(),
         &[("web", port)],
         "shutdown_timeout: 500ms\n",
     );
-    let mut synapse = spawn(dir.path(), &config);
+    let mut synapse = spawn(&config);
     wait_greeting(web, "a").await;
     let _long = EchoConnection::open(web).await.unwrap();
     let started = Instant::now();
@@ -196,19 +184,11 @@ async fn sigterm_cuts_connections_left_after_shutdown_timeout() {
 /// not kept waiting.
 #[tokio::test]
 async fn a_deeply_nested_reload_is_refused_and_does_not_delay_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
-    let config = dir.path().join("synapse.yaml");
-    let port = free_port();
-    write_config(&config, &etcd.endpoint(), &[("web", port)], "");
-    let mut synapse = spawn(dir.path(), &config);
-    wait_until("synapse is started", DEADLINE, || async {
-        synapse.output().contains("synapse started")
-    })
-    .await;
+    let config = config_text(&etcd.endpoint(), &[("web", free_port())], "");
+    let mut synapse = Daemon::synapse(&config).await;
     let deep = format!("services: {}", "[".repeat(40_000));
-    std::fs::write(&config, &deep).unwrap();
-    synapse.signal(Signal::SIGHUP);
+    synapse.reload(&deep);
     let refused = testkit::time_until("the reload is refused", DEADLINE, || async {
         synapse.output().contains("nested 40000 levels deep")
     })
@@ -232,12 +212,10 @@ async fn a_deeply_nested_reload_is_refused_and_does_not_delay_sigterm() {
 
 #[tokio::test]
 async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let config = dir.path().join("synapse.yaml");
-    write_config(&config, "http://127.0.0.1:1", &[("web", port)], "");
-    let mut synapse = spawn(dir.path(), &config);
+    let config = config_text("http://127.0.0.1:1", &[("web", port)], "");
+    let mut synapse = spawn(&config);
     let status = synapse
         .wait_exit(DEADLINE)
         .await
@@ -255,14 +233,11 @@ async fn a_listen_address_in_use_stops_synapse_at_start_with_the_reason() {
 /// and serves again once descriptors are free.
 #[tokio::test]
 async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let a = Backend::start("a").await;
     register(&etcd, "web", "a", a.port());
     let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("synapse.yaml");
-    write_config(
-        &config,
+    let config = config_text(
         &etcd.endpoint(),
         &[("web", port)],
         &format!("admin: 127.0.0.1:{admin}\n"),
@@ -270,12 +245,14 @@ async fn running_out_of_descriptors_does_not_eject_healthy_backends() {
     // A descriptor limit low enough to run out with a few connections: below synapse's own
     // reserve, so the service is capped at the floor of descriptors::MIN_CAP (8)
     // connections, more than the few descriptors left after the ~15 synapse holds.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 24 && exec \"$0\" --config \"$1\"")
-        .arg(bin())
-        .arg(&config);
-    let synapse = ChildProcess::spawn_logged("synapse", cmd, &dir.path().join("synapse.log"));
+    let synapse = Daemon::spawn_with("synapse", &config, |exe, config| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -n 24 && exec \"$0\" --config \"$1\"")
+            .arg(exe)
+            .arg(config);
+        cmd
+    });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_greeting(addr, "a").await;
 
@@ -326,20 +303,17 @@ fn lines_about(output: &str, message: &str, service: &str) -> usize {
 
 #[tokio::test]
 async fn an_etcd_outage_logs_watch_lost_and_resynced_once_per_service() {
-    let dir = tempfile::tempdir().unwrap();
     let mut etcd = EtcdServer::start().await;
     let (a, c) = (Backend::start("a").await, Backend::start("c").await);
     register(&etcd, "web", "a", a.port());
     register(&etcd, "api", "c", c.port());
     let (web_port, api_port) = (free_port(), free_port());
-    let config = dir.path().join("synapse.yaml");
-    write_config(
-        &config,
+    let config = config_text(
         &etcd.endpoint(),
         &[("web", web_port), ("api", api_port)],
         "",
     );
-    let synapse = spawn(dir.path(), &config);
+    let synapse = spawn(&config);
     wait_greeting(format!("127.0.0.1:{web_port}").parse().unwrap(), "a").await;
     wait_greeting(format!("127.0.0.1:{api_port}").parse().unwrap(), "c").await;
 

@@ -6,31 +6,27 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use nix::sys::signal::Signal;
 use testkit::backend::{greeting, EchoConnection};
-use testkit::{free_port, wait_until, Backend, ChildProcess, EtcdServer};
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_synapse"))
-}
-
 /// Runs synapse with RLIMIT_NOFILE set to `soft`:`hard` (`prlimit` execs, so the child's
 /// PID is synapse's).
-fn spawn_limited(dir: &Path, config: &Path, soft: u64, hard: u64) -> ChildProcess {
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={soft}:{hard}"))
-        .arg("--")
-        .arg(bin())
-        .arg("--config")
-        .arg(config);
-    ChildProcess::spawn_logged("synapse", cmd, &dir.join("synapse.log"))
+fn spawn_limited(config: &str, soft: u64, hard: u64) -> Daemon {
+    Daemon::spawn_with("synapse", config, |exe, config| {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(exe)
+            .arg("--config")
+            .arg(config);
+        cmd
+    })
 }
 
 /// `(soft, hard)` RLIMIT_NOFILE of a process (`self` or a PID), from `/proc/<pid>/limits`.
@@ -51,7 +47,7 @@ fn nofile(pid: &str) -> (u64, u64) {
 }
 
 /// A config with `services` as `(name, port, max_connections)`; `None` keeps the default.
-fn write_config(path: &Path, etcd: &str, admin: u16, services: &[(&str, u16, Option<u32>)]) {
+fn config_text(etcd: &str, admin: u16, services: &[(&str, u16, Option<u32>)]) -> String {
     let mut text = format!(
         "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: 127.0.0.1:{admin}\nservices:\n"
     );
@@ -63,7 +59,7 @@ fn write_config(path: &Path, etcd: &str, admin: u16, services: &[(&str, u16, Opt
             text.push_str(&format!("    max_connections: {max}\n"));
         }
     }
-    std::fs::write(path, text).unwrap();
+    text
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -83,16 +79,14 @@ async fn wait_greeting(addr: SocketAddr, expected: &str) {
 /// raises the soft limit to the hard one first thing, and says so.
 #[tokio::test]
 async fn the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let a = Backend::start("a").await;
     register(&etcd, "web", "a", a.port());
     let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("synapse.yaml");
-    write_config(&config, &etcd.endpoint(), admin, &[("web", port, None)]);
+    let config = config_text(&etcd.endpoint(), admin, &[("web", port, None)]);
     // Lowering the hard limit is always allowed; never above ours.
     let hard = nofile("self").1.min(4096);
-    let synapse = spawn_limited(dir.path(), &config, 256, hard);
+    let synapse = spawn_limited(&config, 256, hard);
     wait_greeting(addr(port), "a").await;
 
     assert_eq!(
@@ -122,22 +116,19 @@ async fn the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
 /// reload that lowers `max_connections` below the limit lifts the caps.
 #[tokio::test]
 async fn slow_clients_on_one_service_do_not_starve_another_of_descriptors() {
-    let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start().await;
     let (a, c) = (Backend::start("a").await, Backend::start("c").await);
     register(&etcd, "web", "a", a.port());
     register(&etcd, "api", "c", c.port());
     let (web_port, api_port, admin_port) = (free_port(), free_port(), free_port());
     let (web, api, admin) = (addr(web_port), addr(api_port), addr(admin_port));
-    let config = dir.path().join("synapse.yaml");
     // Default max_connections (10,000 each): 40,000 descriptors needed, 256 there.
-    write_config(
-        &config,
+    let config = config_text(
         &etcd.endpoint(),
         admin_port,
         &[("web", web_port, None), ("api", api_port, None)],
     );
-    let synapse = spawn_limited(dir.path(), &config, 256, 256);
+    let synapse = spawn_limited(&config, 256, 256);
     wait_greeting(web, "a").await;
     wait_greeting(api, "c").await;
 
@@ -220,13 +211,11 @@ async fn slow_clients_on_one_service_do_not_starve_another_of_descriptors() {
     );
 
     // A reload to max_connections the limit covers lifts the caps.
-    write_config(
-        &config,
+    synapse.reload(&config_text(
         &etcd.endpoint(),
         admin_port,
         &[("web", web_port, Some(40)), ("api", api_port, Some(40))],
-    );
-    synapse.signal(Signal::SIGHUP);
+    ));
     wait_until("the reload lifts the caps", DEADLINE, || async {
         admin_status(admin).await.is_some_and(|s| {
             ["web", "api"]
