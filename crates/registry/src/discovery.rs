@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{EventType, WatchOptions, WatchResponse};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use futures::FutureExt as _;
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -517,29 +517,9 @@ impl Watcher {
             generation,
             established,
         };
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(self.revision + 1)
-            .with_progress_notify()
-            .with_fragment();
-        let limit = self.etcd.config().request_timeout.get();
-        let mut watcher = client
-            .watch_client()
-            .max_decoding_message_size(snapshot::PAGE_BYTES);
-        let mut stream =
-            match tokio::time::timeout(limit, watcher.watch(self.prefix.as_str(), Some(options)))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    self.disconnected(&format!("watch: {e}"), true, true);
-                    return failed(false);
-                }
-                Err(_) => {
-                    self.disconnected("watch creation timed out", true, true);
-                    return failed(false);
-                }
-            };
+        let Some(mut stream) = self.open_stream(client).await else {
+            return failed(false);
+        };
         let mut established = false;
         let interval = self.options.progress_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -552,32 +532,14 @@ impl Watcher {
             tokio::select! {
                 message = stream.message() => {
                     silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
-                    let mut batch = Batch { served: self.served(), ..Batch::default() };
-                    let mut next = Some(message);
-                    // Everything already waiting is applied together and published once.
-                    while let Some(message) = next.take() {
-                        let response = match message {
-                            Ok(Some(r)) => r,
-                            Ok(None) => {
-                                self.disconnected("watch stream closed by etcd", true, true);
-                                return failed(established);
-                            }
-                            Err(e) => {
-                                self.disconnected(&format!("watch stream: {e}"), true, true);
-                                return failed(established);
-                            }
-                        };
-                        match self.take(response, &mut batch) {
-                            Ok(()) => {}
-                            Err(Resync::Compacted) => return Ended::Compacted,
-                            Err(Resync::Failed) => return failed(established),
+                    match self.take_waiting(message, &mut stream) {
+                        Ok(batch) => {
+                            established |= batch.beyond_creation;
+                            self.publish_batch(batch);
                         }
-                        if batch.events < MAX_BATCH_EVENTS {
-                            next = stream.message().now_or_never();
-                        }
+                        Err(Resync::Compacted) => return Ended::Compacted,
+                        Err(Resync::Failed) => return failed(established),
                     }
-                    established |= batch.beyond_creation;
-                    self.publish_batch(batch);
                 }
                 _ = &mut silence => {
                     self.disconnected(&format!("watch stream silent for {silence_limit:?}"), true, true);
@@ -596,6 +558,64 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Creates the watch from the revision after the view's; `None` (logged) if etcd
+    /// did not in time.
+    async fn open_stream(&mut self, client: etcd_client::Client) -> Option<WatchStream> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.revision + 1)
+            .with_progress_notify()
+            .with_fragment();
+        let limit = self.etcd.config().request_timeout.get();
+        let mut watcher = client
+            .watch_client()
+            .max_decoding_message_size(snapshot::PAGE_BYTES);
+        let created = watcher.watch(self.prefix.as_str(), Some(options));
+        match tokio::time::timeout(limit, created).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                self.disconnected(&format!("watch: {e}"), true, true);
+                None
+            }
+            Err(_) => {
+                self.disconnected("watch creation timed out", true, true);
+                None
+            }
+        }
+    }
+
+    /// Applies `first` and every message already waiting behind it, as one batch (at most
+    /// [`MAX_BATCH_EVENTS`] events), so that a burst is published once.
+    fn take_waiting(
+        &mut self,
+        first: Result<Option<WatchResponse>, etcd_client::Error>,
+        stream: &mut WatchStream,
+    ) -> Result<Batch, Resync> {
+        let mut batch = Batch {
+            served: self.served(),
+            ..Batch::default()
+        };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            let response = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    self.disconnected("watch stream closed by etcd", true, true);
+                    return Err(Resync::Failed);
+                }
+                Err(e) => {
+                    self.disconnected(&format!("watch stream: {e}"), true, true);
+                    return Err(Resync::Failed);
+                }
+            };
+            self.take(response, &mut batch)?;
+            if batch.events < MAX_BATCH_EVENTS {
+                next = stream.message().now_or_never();
+            }
+        }
+        Ok(batch)
     }
 
     /// Applies one watch response to etcd's instances, noting what the batch changed.
