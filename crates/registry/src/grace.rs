@@ -163,6 +163,7 @@ mod tests {
     use super::*;
     use crate::InstanceRecord;
     use proptest::prelude::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn record(port: u16) -> InstanceRecord {
@@ -179,7 +180,7 @@ mod tests {
     fn instances(ports: &[u16]) -> Instances {
         ports
             .iter()
-            .map(|&p| (format!("i{p}"), record(p)))
+            .map(|&p| (format!("i{p}"), Arc::new(record(p))))
             .collect()
     }
 
@@ -278,7 +279,7 @@ mod tests {
             let served = instances(&before.iter().copied().collect::<Vec<_>>());
             let live_set: Instances = instances(&live.iter().copied().collect::<Vec<_>>())
                 .into_iter()
-                .map(|(id, mut r)| { r.weight = 1; (id, r) })
+                .map(|(id, mut r)| { Arc::make_mut(&mut r).weight = 1; (id, r) })
                 .collect();
             let grace = Grace::start(GraceReason::Emptied { before: served.len() }, Instant::now(), &served, &live_set);
             let out = grace.served(&live_set);

@@ -266,14 +266,14 @@ mod tests {
         let mut i = Instances::new();
         i.insert(
             "a".into(),
-            InstanceRecord {
+            Arc::new(InstanceRecord {
                 host: "127.0.0.1".into(),
                 port,
                 name: "a".into(),
                 weight: 100,
                 zone: Some("z".into()),
                 labels: BTreeMap::new(),
-            },
+            }),
         );
         Arc::new(i)
     }
