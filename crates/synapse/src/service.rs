@@ -323,8 +323,9 @@ async fn record_in_cache(
 /// does the housekeeping: expired ejections, forgotten drained backends.
 ///
 /// The watch channel keeps only the newest view, so a burst of registry changes costs one
-/// rebuild per view the follower gets to, not one per change; and the rebuild (O(instances))
-/// runs on the blocking pool, never on the workers that relay traffic.
+/// rebuild per view the follower gets to, not one per change; and a large rebuild
+/// (O(instances), over [`INLINE_REBUILD_MAX`]) runs on the blocking pool, never on the
+/// workers that relay traffic.
 async fn follow(state: Arc<ServiceState>, sources: Sources) {
     let Sources { discovery, initial } = sources;
     let mut views = discovery.subscribe();
@@ -403,6 +404,13 @@ impl Wanted {
             && self.config.default_servers == other.config.default_servers
     }
 
+    /// How many backends the inputs name at most.
+    fn size(&self) -> usize {
+        let view = self.view.as_ref().map_or(0, |v| v.len());
+        let initial = self.initial.as_ref().map_or(0, |i| i.len());
+        view.max(initial).max(self.config.default_servers.len())
+    }
+
     /// The backends to use and their source (`None`: nothing is known yet).
     fn choose(&self) -> Option<(Vec<BackendSpec>, Source)> {
         choose(
@@ -431,15 +439,21 @@ struct Applied {
 /// A new backend set and what changed, to install.
 type Update = (BackendSet, Vec<SetEvent>);
 
-/// Makes the set `wanted` asks for, off the async workers. Returns what is in service after
-/// it, and the new set when it differs from the one in service.
+/// Sets larger than this are rebuilt on the blocking pool; smaller ones (well under a
+/// millisecond) inline: handing every small rebuild to the pool's threads gave each of them
+/// a malloc arena (make bench: RSS with 1,000 registered backends 13.3 MB, 9.9 MB inline).
+const INLINE_REBUILD_MAX: usize = 2_000;
+
+/// Makes the set `wanted` asks for, a large one off the async workers. Returns what is in
+/// service after it, and the new set when it differs from the one in service.
 async fn rebuild(
     state: &Arc<ServiceState>,
     wanted: Wanted,
     applied: Option<Applied>,
 ) -> (Option<Applied>, Option<Update>) {
     let old = state.set();
-    let made = tokio::task::spawn_blocking(move || {
+    let size = wanted.size().max(old.active.len());
+    let make = move || {
         let Some((specs, source)) = wanted.choose() else {
             return (applied.map(|a| Applied { wanted, ..a }), None);
         };
@@ -456,8 +470,12 @@ async fn rebuild(
             }),
             update.map(|u| (u, previous_source)),
         )
-    })
-    .await;
+    };
+    let made = if size <= INLINE_REBUILD_MAX {
+        Ok(make())
+    } else {
+        tokio::task::spawn_blocking(make).await
+    };
     let (applied, update) = match made {
         Ok(made) => made,
         // Only a panic in the pure rebuild; the set in service stays.
