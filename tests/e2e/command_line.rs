@@ -17,7 +17,10 @@ const BINS: [&str; 2] = ["nerve", "synapse"];
 fn config(bin: &str, endpoint: &str, top: &str) -> String {
     let etcd = format!("etcd:\n  endpoints: [\"{endpoint}\"]\n{top}\n");
     match bin {
-        "nerve" => format!("{etcd}services:\n  - {{name: web, host: 127.0.0.1, port: {}, checks: [{{type: tcp}}]}}\n", free_port()),
+        "nerve" => format!(
+            "{etcd}services:\n  - {{name: web, host: 127.0.0.1, port: {}, checks: [{{type: tcp}}]}}\n",
+            free_port()
+        ),
         _ => format!("{etcd}services:\n  - {{name: web, listen: 127.0.0.1:{}}}\n", free_port()),
     }
 }

@@ -25,7 +25,9 @@ fn nerve_config(endpoint: &str, backends: &[(&str, u16)]) -> String {
     let mut s = format!("etcd:\n  endpoints: [\"{endpoint}\"]\nlease_ttl: 10s\nservices:\n");
     for (id, port) in backends {
         s += &format!(
-            "  - name: web\n    host: 127.0.0.1\n    port: {port}\n    instance_id: {id}\n    check_interval: {CHECK_INTERVAL_MS}ms\n    rise: 2\n    fall: {FALL}\n    checks:\n      - type: tcp\n"
+            "  - name: web\n    host: 127.0.0.1\n    port: {port}\n    instance_id: {id}\n\
+             \x20   check_interval: {CHECK_INTERVAL_MS}ms\n    rise: 2\n    fall: {FALL}\n\
+             \x20   checks:\n      - type: tcp\n"
         );
     }
     s

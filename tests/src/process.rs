@@ -73,7 +73,8 @@ impl ChildProcess {
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        // SIGCONT first: a paused process cannot die of SIGKILL until it runs again on some kernels' accounting, and we never leave one stopped.
+        // SIGCONT first: a paused process cannot die of SIGKILL until it runs again on some
+        // kernels' accounting, and we never leave one stopped.
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -184,7 +184,10 @@ impl<D: Daemon> Reloads<D> {
                 None
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload rejected: reading the configuration failed; the running configuration stays");
+                tracing::error!(
+                    error = %e,
+                    "reload rejected: reading the configuration failed; the running configuration stays"
+                );
                 None
             }
         }

@@ -634,7 +634,8 @@ mod reporting_tests {
 
     #[test]
     fn every_problem_is_reported_at_the_line_of_its_key() {
-        let text = "items:\n  - name: a\n    port: 70000\n    every: 5 parsecs\n  - name: b\n    share: 300\n    colour: red\n";
+        let text = "items:\n  - name: a\n    port: 70000\n    every: 5 parsecs\n\
+                    \x20 - name: b\n    share: 300\n    colour: red\n";
         let found = problems(text);
         let keys: Vec<&str> = found.iter().map(|(k, _, _)| k.as_str()).collect();
         assert_eq!(

@@ -204,7 +204,8 @@ impl Lease {
             match revoke_until(&self.etcd, id, until).await {
                 Ok(()) => tracing::info!(lease = %LeaseId(id), "superseded lease revoked"),
                 Err(e) => {
-                    tracing::warn!(lease = %LeaseId(id), error = %e, "superseded lease not revoked; its keys expire with its TTL")
+                    let lease = LeaseId(id);
+                    tracing::warn!(%lease, error = %e, "superseded lease not revoked; its keys expire with its TTL")
                 }
             }
         }
@@ -398,7 +399,8 @@ impl Releaser {
                 }
                 Err(Failure::Final(e)) => {
                     if refused.failures() == 0 {
-                        tracing::warn!(lease = %LeaseId(id), error = %e, "etcd refused to revoke a superseded lease; retrying");
+                        let lease = LeaseId(id);
+                        tracing::warn!(%lease, error = %e, "etcd refused to revoke a superseded lease; retrying");
                     }
                     refused.wait().await;
                 }

@@ -25,7 +25,8 @@ fn spawn(config: &str) -> Daemon {
 
 fn config_text(etcd: &str, services: &[(&str, u16)], extra: &str) -> String {
     let mut text = format!(
-        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\n{extra}services:\n"
+        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n\
+         \x20 keepalive_interval: 500ms\n  keepalive_timeout: 500ms\n{extra}services:\n"
     );
     for (name, port) in services {
         text.push_str(&format!(
@@ -48,7 +49,12 @@ async fn wait_greeting(addr: std::net::SocketAddr, expected: &str) {
 fn check_config_prints_ok_or_the_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");
-    std::fs::write(&good, "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, listen: 127.0.0.1:3000}]\n").unwrap();
+    let etcd = "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\n";
+    std::fs::write(
+        &good,
+        format!("{etcd}services: [{{name: web, listen: 127.0.0.1:3000}}]\n"),
+    )
+    .unwrap();
     let out = Command::new(bin())
         .arg("--config")
         .arg(&good)
@@ -59,7 +65,8 @@ fn check_config_prints_ok_or_the_problem_with_its_key() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\nservices: [{name: web, listen: 127.0.0.1:3000, balance: fastest}]\n").unwrap();
+    let services = "services: [{name: web, listen: 127.0.0.1:3000, balance: fastest}]\n";
+    std::fs::write(&bad, format!("{etcd}{services}")).unwrap();
     let out = Command::new(bin())
         .arg("--config")
         .arg(&bad)

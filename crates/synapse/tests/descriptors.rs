@@ -49,7 +49,9 @@ fn nofile(pid: &str) -> (u64, u64) {
 /// A config with `services` as `(name, port, max_connections)`; `None` keeps the default.
 fn config_text(etcd: &str, admin: u16, services: &[(&str, u16, Option<u32>)]) -> String {
     let mut text = format!(
-        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n  keepalive_interval: 500ms\n  keepalive_timeout: 500ms\nadmin: 127.0.0.1:{admin}\nservices:\n"
+        "etcd:\n  endpoints: [\"{etcd}\"]\n  dial_timeout: 300ms\n  request_timeout: 1s\n\
+         \x20 keepalive_interval: 500ms\n  keepalive_timeout: 500ms\n\
+         admin: 127.0.0.1:{admin}\nservices:\n"
     );
     for (name, port, max) in services {
         text.push_str(&format!(

@@ -97,7 +97,10 @@ async fn a_backend_killed_under_load_costs_no_new_connection() {
         in_flight_failures <= 4,
         "{in_flight_failures} in-flight connections cut"
     );
-    eprintln!("measured: {after_kill} connections opened after the kill, 0 failed; {in_flight_failures} in flight were cut");
+    eprintln!(
+        "measured: {after_kill} connections opened after the kill, 0 failed; \
+         {in_flight_failures} in flight were cut"
+    );
     // The dead backend was ejected after its consecutive failures.
     let status = synapse.status();
     let dead = status["web"]

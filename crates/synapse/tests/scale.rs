@@ -219,7 +219,10 @@ async fn a_burst_of_registrations_does_not_slow_another_service() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let (slowest, failed, made) = load.await.unwrap();
-    println!("burst of 5,000: next registration routable after {routable:?}; other service: {made} connections, {failed} failed, slowest {slowest:?}");
+    println!(
+        "burst of 5,000: next registration routable after {routable:?}; \
+         other service: {made} connections, {failed} failed, slowest {slowest:?}"
+    );
     assert_eq!(failed, 0);
     assert!(routable < Duration::from_secs(1), "{routable:?}");
     assert!(slowest < Duration::from_millis(100), "{slowest:?}");
