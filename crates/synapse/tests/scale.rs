@@ -15,6 +15,10 @@ use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer, Link};
 
 const PREFIX: &str = "/smartstack/services";
 
+/// The two tests time what they measure on a 2-CPU machine: one at a time, so that neither
+/// measures the other's load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// synapse, not waited for: the tests time its start.
 fn spawn(etcd: &str, services: &[(&str, u16)], admin: u16) -> Daemon {
     let mut text = format!(
@@ -64,6 +68,7 @@ fn records(service: &str, count: usize, first_port: u16) -> Vec<(String, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_thousand_instance_service_with_junk_is_discovered_fast_and_resynced() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut etcd = EtcdServer::start().await;
     let ten_thousand = records("web", 10_000, 20_000);
     assert!(
@@ -184,6 +189,7 @@ async fn load_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_registrations_does_not_slow_another_service() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let etcd = EtcdServer::start().await;
     let other = Backend::start("other").await;
     let next = Backend::start("next").await;
