@@ -248,11 +248,17 @@ impl Synapse {
         let plan = descriptor_plan(&config);
         report_descriptors(&config, &plan, false);
         let mut runtimes = BTreeMap::new();
+        let common = Common {
+            config: &config,
+            etcd: &etcd,
+            cached: &cached,
+            cache: &cache,
+            cut: &cut,
+        };
         for (s, bound) in config.services.iter().zip(bound) {
             warn_if_exposed(s);
             let cap = descriptor_cap(&config, &plan, &s.name);
-            let runtime = start_service(s, cap, bound, &config, &etcd, &cached, &cache, &cut);
-            runtimes.insert(s.name.clone(), runtime);
+            runtimes.insert(s.name.clone(), start_service(s, cap, bound, &common));
         }
         let synapse = Synapse {
             state: tokio::sync::Mutex::new(State {
@@ -500,8 +506,14 @@ impl Synapse {
         config: &SynapseConfig,
     ) {
         warn_if_exposed(s);
-        let (etcd, cached, cache) = (&state.etcd, &state.cached, &state.cache);
-        let runtime = start_service(s, cap, bound, config, etcd, cached, cache, &self.cut);
+        let common = Common {
+            config,
+            etcd: &state.etcd,
+            cached: &state.cached,
+            cache: &state.cache,
+            cut: &self.cut,
+        };
+        let runtime = start_service(s, cap, bound, &common);
         let service = runtime.state();
         let listen = service.listen_addr();
         service.in_scope(|| tracing::info!(%listen, "service added"));
@@ -697,26 +709,33 @@ fn move_cache_file(state: &mut State, new: &SynapseConfig) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every service is started from: synapse's configuration and its shared parts.
+struct Common<'a> {
+    config: &'a SynapseConfig,
+    etcd: &'a Etcd,
+    /// What the cache file held at start.
+    cached: &'a BTreeMap<String, cache::CachedService>,
+    cache: &'a Option<Arc<CacheWriter>>,
+    cut: &'a CancellationToken,
+}
+
 fn start_service(
     s: &ServiceConfig,
     descriptor_cap: Option<u32>,
     bound: Bound,
-    config: &SynapseConfig,
-    etcd: &Etcd,
-    cached: &BTreeMap<String, cache::CachedService>,
-    cache: &Option<Arc<CacheWriter>>,
-    cut: &CancellationToken,
+    common: &Common<'_>,
 ) -> ServiceRuntime {
-    let zone = config.zone.clone();
-    let state = ServiceState::new(s.clone(), zone, bound.addr, cut.child_token());
+    let zone = common.config.zone.clone();
+    let state = ServiceState::new(s.clone(), zone, bound.addr, common.cut.child_token());
     state.set_descriptor_cap(descriptor_cap);
-    let initial = cached
+    let initial = common
+        .cached
         .get(&s.name)
         .map(|c| (Arc::new(c.instances.clone()), Source::Cache));
-    let discovery = discovery::spawn(etcd.clone(), &s.name, discovery_options(etcd, config));
+    let options = discovery_options(common.etcd, common.config);
+    let discovery = discovery::spawn(common.etcd.clone(), &s.name, options);
     let sources = Sources { discovery, initial };
-    ServiceRuntime::start(state, bound.listener, sources, cache.clone())
+    ServiceRuntime::start(state, bound.listener, sources, common.cache.clone())
 }
 
 #[cfg(test)]
