@@ -3,6 +3,7 @@
 //!
 //! - `GET /health`: `ok` while the process serves requests (a liveness probe).
 //! - `GET /status`: the program's status document, as JSON.
+//! - `GET /metrics`: the program's metrics in the OpenMetrics text format, where it has any.
 //! - `POST /...`: the program's own routes ([`Routes::post`]).
 //!
 //! Every answer other than `/health` is JSON; mistakes get 404 or 405 with an `error`.
@@ -39,6 +40,11 @@ pub trait Routes: Send + Sync + 'static {
     /// Carries out `POST` to `segments`; only called when [`Routes::is_post`] said yes.
     fn post(&self, _segments: &[&str]) -> Reply {
         (StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+    }
+
+    /// The `GET /metrics` text (OpenMetrics); `None` where the program has none (404).
+    fn metrics(&self) -> Option<String> {
+        None
     }
 
     /// The routes, listed in a 404 answer.
@@ -165,6 +171,11 @@ pub fn respond(req: &Request<Incoming>, routes: &dyn Routes) -> Response<Full<By
 
 fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Bytes>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if method == Method::GET && segments == ["metrics"] {
+        if let Some(text) = routes.metrics() {
+            return with_type(StatusCode::OK, OPENMETRICS, text.into_bytes());
+        }
+    }
     let (code, body) = match (method, segments.as_slice()) {
         (&Method::GET, ["health"]) => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, ["status"]) => (StatusCode::OK, routes.status()),
@@ -180,6 +191,9 @@ fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Byte
     body.push(b'\n');
     with_type(code, "application/json", body)
 }
+
+/// The content type Prometheus asks for and prometheus-client writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn wrong_method(allowed: &str) -> Reply {
     (
@@ -236,6 +250,29 @@ mod tests {
         );
         assert_eq!(code(Method::GET, "/nothing"), StatusCode::NOT_FOUND);
         assert_eq!(code(Method::POST, "/nothing"), StatusCode::NOT_FOUND);
+    }
+
+    struct Counted;
+
+    impl Routes for Counted {
+        fn status(&self) -> Value {
+            json!({})
+        }
+        fn metrics(&self) -> Option<String> {
+            Some("# EOF\n".into())
+        }
+    }
+
+    #[test]
+    fn metrics_are_served_as_openmetrics_where_a_program_has_them() {
+        let with = route(&Method::GET, "/metrics", &Counted);
+        assert_eq!(with.status(), StatusCode::OK);
+        let content_type = with.headers().get(hyper::header::CONTENT_TYPE);
+        assert_eq!(
+            content_type.and_then(|v| v.to_str().ok()),
+            Some(OPENMETRICS)
+        );
+        assert_eq!(code(Method::GET, "/metrics"), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

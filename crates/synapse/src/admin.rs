@@ -1,6 +1,6 @@
 //! The admin HTTP server (loopback only), [`daemon::admin`]'s: `GET /status` returns the
-//! state of every service as JSON (see `docs/synapse.md` for the fields); `GET /health`
-//! answers `ok`.
+//! state of every service as JSON (see `docs/synapse.md` for the fields), `GET /metrics`
+//! the same in the OpenMetrics text format ([`crate::metrics`]), `GET /health` answers `ok`.
 //!
 //! It reads the same lock-free snapshots the forwarder uses, so a busy status poller
 //! never slows connections down.
@@ -8,11 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use daemon::admin::{AdminServer, StatusOnly};
+use daemon::admin::{AdminServer, Routes};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
-/// Produces the status document.
-pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+use crate::metrics::{self, Snapshot};
+
+/// Every service's status right now; the admin server's only view of synapse.
+pub type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 
 /// A running admin server; dropping it stops it.
 pub struct Admin(AdminServer);
@@ -20,12 +23,31 @@ pub struct Admin(AdminServer);
 impl Admin {
     /// Serves on `listener`, bound at `addr` (a loopback address: the configuration
     /// accepts no other), so this cannot fail.
-    pub fn start(listener: TcpListener, addr: SocketAddr, status: StatusFn) -> Self {
-        let routes = Arc::new(StatusOnly(move || status()));
-        Admin(AdminServer::serve_bound(listener, addr, routes))
+    pub fn start(listener: TcpListener, addr: SocketAddr, snapshot: SnapshotFn) -> Self {
+        Admin(AdminServer::serve_bound(
+            listener,
+            addr,
+            Arc::new(SynapseRoutes(snapshot)),
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.0.addr()
+    }
+}
+
+struct SynapseRoutes(SnapshotFn);
+
+impl Routes for SynapseRoutes {
+    fn status(&self) -> Value {
+        serde_json::json!({ "services": (self.0)() })
+    }
+
+    fn metrics(&self) -> Option<String> {
+        Some(metrics::render((self.0)(), env!("CARGO_PKG_VERSION")))
+    }
+
+    fn endpoints(&self) -> Vec<&'static str> {
+        vec!["GET /health", "GET /status", "GET /metrics"]
     }
 }

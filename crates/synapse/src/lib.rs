@@ -62,6 +62,7 @@ pub mod descriptors;
 mod ejection;
 mod forward;
 mod limit;
+mod metrics;
 mod quiet;
 mod reload;
 mod replay;
@@ -309,15 +310,14 @@ impl Synapse {
     /// Serves `GET /status` on `listener` (bound, so this cannot fail).
     fn start_admin(&self, listener: Bound) -> Admin {
         let services = self.services.clone();
-        let status: admin::StatusFn = Arc::new(move || {
-            let services: BTreeMap<String, ServiceStatus> = services
+        let snapshot: admin::SnapshotFn = Arc::new(move || {
+            services
                 .load()
                 .iter()
                 .map(|(n, s)| (n.clone(), s.status()))
-                .collect();
-            serde_json::json!({ "services": services })
+                .collect()
         });
-        Admin::start(listener.listener, listener.addr, status)
+        Admin::start(listener.listener, listener.addr, snapshot)
     }
 
     /// Puts `admin` in place of the running admin server (`None`: no admin server).
