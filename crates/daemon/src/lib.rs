@@ -9,8 +9,9 @@
 //! - [`run`]: [`Daemon`], what a program provides, and [`main`], which builds the runtime
 //!   and turns signals into the program's operations (SIGHUP: reload, the file parsed on
 //!   the blocking pool; SIGTERM/SIGINT: shut down).
-//! - [`admin`]: the loopback admin HTTP server (`GET /health`, `GET /status`, and POST
-//!   routes a program adds).
+//! - [`admin`]: the loopback admin HTTP server (`GET /health`, `GET /status`, `GET /metrics`
+//!   and POST routes a program adds).
+//! - [`metrics`]: metric families read at scrape time, written as OpenMetrics text.
 //!
 //! Nothing here knows nerve, synapse or etcd; they depend on this crate, not the reverse.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod cli;
 pub mod logging;
+pub mod metrics;
 pub mod run;
 
 pub use cli::About;

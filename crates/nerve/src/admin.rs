@@ -70,6 +70,18 @@ impl NerveRoutes {
 }
 
 impl Routes for NerveRoutes {
+    fn metrics(&self) -> Option<String> {
+        let instances = self.shared.statuses();
+        let leased = self.shared.lease().is_some();
+        let version = env!("CARGO_PKG_VERSION");
+        Some(crate::metrics::text(
+            &instances,
+            self.etcd_reachable(),
+            leased,
+            version,
+        ))
+    }
+
     fn status(&self) -> Value {
         json!({
             "lease": self.shared.lease().map(LeaseId),
@@ -103,6 +115,7 @@ impl Routes for NerveRoutes {
         vec![
             "GET /health",
             "GET /status",
+            "GET /metrics",
             "POST /disable",
             "POST /enable",
             "POST /services/{name}/disable",

@@ -24,6 +24,7 @@ mod admin;
 mod check;
 pub mod config;
 mod health;
+mod metrics;
 mod monitor;
 mod registrar;
 mod reload;

@@ -313,3 +313,65 @@ async fn status_shows_etcd_reachability_and_hex_lease_ids() {
     .await;
     nerve.shutdown().await;
 }
+
+/// `GET /metrics` follows health, registration and maintenance as `/status` does.
+#[tokio::test]
+async fn metrics_follow_health_registration_and_maintenance() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let nerve = Nerve::start(config(
+        &endpoints,
+        "admin: 127.0.0.1:0",
+        &tcp_service("web", "w", b.port()),
+    ))
+    .await
+    .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    wait_registered(&c, &key("web", "w")).await;
+    let sample = |body: &str, series: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let instance = r#"{service="web",instance="w"}"#;
+    let metrics = || async { http(admin, "GET", "/metrics").await };
+    testkit::wait_until(
+        "registered shows in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = metrics().await;
+            sample(&body, &format!("nerve_instance_registered{instance}")) == Some(1.0)
+        },
+    )
+    .await;
+    let (code, body) = metrics().await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&body, &format!("nerve_instance_healthy{instance}")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("nerve_instance_maintenance{instance}")),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "nerve_etcd_connected"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "nerve_lease_held"), Some(1.0), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+
+    http(admin, "POST", "/services/web/disable").await;
+    testkit::wait_until(
+        "maintenance shows in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = metrics().await;
+            sample(&body, &format!("nerve_instance_maintenance{instance}")) == Some(1.0)
+                && sample(&body, &format!("nerve_instance_registered{instance}")) == Some(0.0)
+        },
+    )
+    .await;
+    nerve.shutdown().await;
+}

@@ -44,7 +44,7 @@ impl Routes for SynapseRoutes {
     }
 
     fn metrics(&self) -> Option<String> {
-        Some(metrics::render((self.0)(), env!("CARGO_PKG_VERSION")))
+        Some(metrics::text(&(self.0)(), env!("CARGO_PKG_VERSION")))
     }
 
     fn endpoints(&self) -> Vec<&'static str> {
