@@ -754,16 +754,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn record(port: u16) -> InstanceRecord {
-        InstanceRecord {
-            host: "127.0.0.1".into(),
-            port,
-            name: format!("i{port}"),
-            weight: 100,
-            zone: None,
-            labels: Default::default(),
-        }
-    }
+    use crate::record::test_record as record;
 
     fn any_change() -> impl Strategy<Value = Change> {
         prop_oneof![

@@ -161,21 +161,11 @@ impl Grace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::InstanceRecord;
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn record(port: u16) -> InstanceRecord {
-        InstanceRecord {
-            host: "127.0.0.1".into(),
-            port,
-            name: format!("i{port}"),
-            weight: 100,
-            zone: None,
-            labels: Default::default(),
-        }
-    }
+    use crate::record::test_record as record;
 
     fn instances(ports: &[u16]) -> Instances {
         ports

@@ -217,6 +217,20 @@ fn integer_field(
     }
 }
 
+/// A record on loopback at `port` with the defaults, named `i<port>`: what the pure tests of
+/// the modules reading records use.
+#[cfg(test)]
+pub(crate) fn test_record(port: u16) -> InstanceRecord {
+    InstanceRecord {
+        host: "127.0.0.1".into(),
+        port,
+        name: format!("i{port}"),
+        weight: DEFAULT_WEIGHT,
+        zone: None,
+        labels: BTreeMap::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
