@@ -29,6 +29,13 @@ pub use etcd::{EtcdCluster, EtcdServer};
 pub use link::Link;
 pub use process::ChildProcess;
 
+/// The value of the sample `series` (name and labels exactly as written, e.g.
+/// `x_total{service="web"}`) in an OpenMetrics text, if present.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -331,10 +331,7 @@ async fn metrics_follow_health_registration_and_maintenance() {
     .unwrap();
     let admin = nerve.admin_addr().unwrap();
     wait_registered(&c, &key("web", "w")).await;
-    let sample = |body: &str, series: &str| -> Option<f64> {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    };
+    let sample = testkit::metric_sample;
     let instance = r#"{service="web",instance="w"}"#;
     let metrics = || async { http(admin, "GET", "/metrics").await };
     testkit::wait_until(

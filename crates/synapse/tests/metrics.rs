@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
+use testkit::{free_port, metric_sample as sample, wait_until, Backend, Daemon, EtcdServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET /metrics`: the content type and the body.
@@ -23,12 +23,6 @@ async fn scrape(admin: SocketAddr) -> Option<(String, String)> {
         .find_map(|l| l.strip_prefix("content-type: "))?
         .to_owned();
     Some((content_type, body.to_owned()))
-}
-
-/// The value of the sample `name{labels}` (labels exactly as written), if present.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]
