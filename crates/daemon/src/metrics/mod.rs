@@ -1,6 +1,14 @@
 //! Metrics as both programs export them: families of samples read at scrape time (from the
-//! state a program keeps anyway) and written in the OpenMetrics text format by
-//! prometheus-client, so that counting costs the data path nothing.
+//! state a program keeps anyway, and from atomic counters and [`Histogram`]s the hot path
+//! adds to without a lock) and written in the OpenMetrics text format by prometheus-client.
+//!
+//! - [`Histogram`]: fixed-bucket duration histograms as atomics.
+//! - [`process`]: the standard `process_*` families read from `/proc`.
+
+mod histogram;
+pub mod process;
+
+pub use histogram::{Histogram, HistogramSample, LIFETIME_SECONDS, SHORT_SECONDS};
 
 use std::fmt;
 
@@ -15,11 +23,14 @@ use prometheus_client::registry::Registry;
 pub type Labels = Vec<(&'static str, String)>;
 
 /// One sample's value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Sample {
     /// Written with a `_total` suffix on the family's name.
     Counter(u64),
+    /// A counter of a real quantity (seconds), also `_total`.
+    FloatCounter(f64),
     Gauge(i64),
+    Histogram(HistogramSample),
 }
 
 /// A gauge of any integer (saturating at `i64::MAX`).
@@ -47,6 +58,8 @@ pub fn render(families: Vec<Family>) -> String {
     }
 }
 
+type NoLabels = [(&'static str, &'static str); 0];
+
 #[derive(Debug)]
 struct Scraped(Vec<Family>);
 
@@ -54,15 +67,20 @@ impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         for family in &self.0 {
             let kind = match family.samples.first() {
-                Some((_, Sample::Counter(_))) => MetricType::Counter,
+                Some((_, Sample::Counter(_) | Sample::FloatCounter(_))) => MetricType::Counter,
+                Some((_, Sample::Histogram(_))) => MetricType::Histogram,
                 _ => MetricType::Gauge,
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             for (labels, sample) in &family.samples {
-                let encoder = metric.encode_family(labels)?;
+                let mut encoder = metric.encode_family(labels)?;
                 match sample {
                     Sample::Counter(v) => ConstCounter::new(*v).encode(encoder)?,
+                    Sample::FloatCounter(v) => ConstCounter::new(*v).encode(encoder)?,
                     Sample::Gauge(v) => ConstGauge::new(*v).encode(encoder)?,
+                    Sample::Histogram(h) => {
+                        encoder.encode_histogram::<NoLabels>(h.sum, h.count, &h.buckets, None)?
+                    }
                 }
             }
         }
@@ -76,6 +94,10 @@ mod tests {
 
     #[test]
     fn families_are_written_as_openmetrics() {
+        let waits = Histogram::new(&[0.001, 0.01]);
+        for ms in [1, 5, 50] {
+            waits.observe(std::time::Duration::from_millis(ms));
+        }
         let text = render(vec![
             Family {
                 name: "x_requests",
@@ -87,6 +109,11 @@ mod tests {
                 help: "Up.",
                 samples: vec![(vec![], gauge(1u8))],
             },
+            Family {
+                name: "x_wait_seconds",
+                help: "Waits.",
+                samples: vec![(vec![], Sample::Histogram(waits.sample()))],
+            },
         ]);
         assert!(text.contains("# TYPE x_requests counter"), "{text}");
         assert!(
@@ -94,6 +121,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x_up 1"), "{text}");
+        assert!(text.contains("# TYPE x_wait_seconds histogram"), "{text}");
+        assert!(text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"), "{text}");
+        assert!(text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(text.contains("x_wait_seconds_count 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }
