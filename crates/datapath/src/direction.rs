@@ -13,6 +13,24 @@ use tokio::net::TcpStream;
 use crate::activity::Activity;
 use crate::buffered::{self, Burst};
 use crate::options::{RelayOptions, Strategy};
+use crate::Meter;
+
+/// One direction's view of the relay's [`Meter`]: reports the bytes of each burst as it
+/// ends (a failed burst included), so a meter sees long connections move.
+pub(crate) struct Metered<'m, M> {
+    pub meter: &'m M,
+    pub to_upstream: bool,
+}
+
+impl<M: Meter> Metered<'_, M> {
+    /// Reports what `bytes` gained since `reported`.
+    fn report(&self, bytes: u64, reported: &mut u64) {
+        if bytes > *reported {
+            self.meter.moved(self.to_upstream, bytes - *reported);
+            *reported = bytes;
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -20,12 +38,13 @@ enum Mode {
     Splice,
 }
 
-pub(crate) async fn run(
+pub(crate) async fn run<M: Meter>(
     src: &TcpStream,
     dst: &TcpStream,
     options: &RelayOptions,
     activity: &Activity,
     one_done: &AtomicBool,
+    metered: Metered<'_, M>,
 ) -> io::Result<u64> {
     let size = options.effective_buffer_size();
     let mut splice_ok = options.strategy != Strategy::Buffered && splice_available();
@@ -35,19 +54,27 @@ pub(crate) async fn run(
         Mode::Buffered
     };
     let mut bytes = 0u64;
+    let mut reported = 0u64;
     // Auto: consecutive splice bursts too small to be worth a pipe.
     let mut small_bursts = 0u32;
     loop {
         match mode {
             Mode::Buffered => {
                 let bulk_switch = options.strategy == Strategy::Auto && splice_ok;
-                match buffered::burst(src, dst, size, bulk_switch, activity, &mut bytes).await? {
+                let burst =
+                    buffered::burst(src, dst, size, bulk_switch, activity, &mut bytes).await;
+                metered.report(bytes, &mut reported);
+                match burst? {
                     Burst::Eof => break,
                     Burst::Idle => {}
                     Burst::Bulk => mode = Mode::Splice,
                 }
             }
-            Mode::Splice => match splice_burst(src, dst, options, activity, &mut bytes).await? {
+            Mode::Splice => match {
+                let burst = splice_burst(src, dst, options, activity, &mut bytes).await;
+                metered.report(bytes, &mut reported);
+                burst?
+            } {
                 SpliceEnd::Eof => break,
                 SpliceEnd::Idle { moved } => {
                     // Auto: bursts well under one buffer are messages, not a stream; two

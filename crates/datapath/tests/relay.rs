@@ -403,3 +403,77 @@ proptest! {
         prop_assert_eq!(stats.upstream_to_client, down_len as u64);
     }
 }
+
+/// Bytes as a [`datapath::Meter`] saw them.
+#[derive(Default)]
+struct Counting {
+    to_upstream: std::sync::atomic::AtomicU64,
+    to_client: std::sync::atomic::AtomicU64,
+}
+
+impl datapath::Meter for Counting {
+    fn moved(&self, to_upstream: bool, bytes: u64) {
+        let c = if to_upstream {
+            &self.to_upstream
+        } else {
+            &self.to_client
+        };
+        c.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Counting {
+    fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.to_upstream.load(Relaxed), self.to_client.load(Relaxed))
+    }
+}
+
+/// A meter sees the bytes of an open connection as they move (not only when it closes),
+/// whatever the strategy, and its totals equal the relay's own count at the end.
+#[tokio::test]
+async fn a_meter_sees_bytes_while_the_connection_is_open() {
+    for strategy in STRATEGIES {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(proxy.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (proxied_client, _) = proxy.accept().await.unwrap();
+        let proxied_up = TcpStream::connect(up.local_addr().unwrap()).await.unwrap();
+        let (mut upstream, _) = up.accept().await.unwrap();
+        let meter = std::sync::Arc::new(Counting::default());
+        let relay = tokio::spawn({
+            let meter = meter.clone();
+            async move {
+                let options = opts(strategy);
+                datapath::relay_metered(proxied_client, proxied_up, &options, &*meter).await
+            }
+        });
+        let request = random_bytes(300_000, 7);
+        client.write_all(&request).await.unwrap();
+        let mut got = vec![0u8; request.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        upstream.write_all(b"answer").await.unwrap();
+        let mut answer = [0u8; 6];
+        client.read_exact(&mut answer).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while meter.get() != (300_000, 6) {
+            assert!(
+                Instant::now() < deadline,
+                "{strategy:?}: meter saw {:?} of (300000, 6) on an open connection",
+                meter.get()
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(client);
+        drop(upstream);
+        let stats = relay.await.unwrap().unwrap();
+        assert_eq!(
+            meter.get(),
+            (stats.client_to_upstream, stats.upstream_to_client),
+            "{strategy:?}"
+        );
+    }
+}
