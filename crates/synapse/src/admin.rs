@@ -6,6 +6,7 @@
 //! never slows connections down.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use daemon::admin::{AdminServer, Routes};
@@ -23,12 +24,18 @@ pub struct Admin(AdminServer);
 impl Admin {
     /// Serves on `listener`, bound at `addr` (a loopback address: the configuration
     /// accepts no other), so this cannot fail.
-    pub fn start(listener: TcpListener, addr: SocketAddr, snapshot: SnapshotFn) -> Self {
-        Admin(AdminServer::serve_bound(
-            listener,
-            addr,
-            Arc::new(SynapseRoutes(snapshot)),
-        ))
+    /// `per_backend` is `metrics.per_backend`, read at each scrape (a reload changes it).
+    pub fn start(
+        listener: TcpListener,
+        addr: SocketAddr,
+        snapshot: SnapshotFn,
+        per_backend: Arc<AtomicBool>,
+    ) -> Self {
+        let routes = SynapseRoutes {
+            snapshot,
+            per_backend,
+        };
+        Admin(AdminServer::serve_bound(listener, addr, Arc::new(routes)))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -36,15 +43,23 @@ impl Admin {
     }
 }
 
-struct SynapseRoutes(SnapshotFn);
+struct SynapseRoutes {
+    snapshot: SnapshotFn,
+    per_backend: Arc<AtomicBool>,
+}
 
 impl Routes for SynapseRoutes {
     fn status(&self) -> Value {
-        serde_json::json!({ "services": (self.0)() })
+        serde_json::json!({ "services": (self.snapshot)() })
     }
 
     fn metrics(&self) -> Option<String> {
-        Some(metrics::text(&(self.0)(), env!("CARGO_PKG_VERSION")))
+        let per_backend = self.per_backend.load(Ordering::Relaxed);
+        Some(metrics::text(
+            &(self.snapshot)(),
+            per_backend,
+            env!("CARGO_PKG_VERSION"),
+        ))
     }
 
     fn endpoints(&self) -> Vec<&'static str> {

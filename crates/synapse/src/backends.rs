@@ -55,6 +55,8 @@ pub struct BackendState {
     connect_failures: AtomicU64,
     /// Requests it closed the connection on before answering (with `retry_unanswered`).
     unanswered: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
     ejection: EjectionState,
     /// Its DNS name's addresses (unused for an IP literal).
     resolution: Resolution,
@@ -72,6 +74,8 @@ impl Default for BackendState {
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
             ejection: EjectionState::default(),
             resolution: Resolution::default(),
             drain: ArcSwap::from_pointee(CancellationToken::new()),
@@ -124,6 +128,24 @@ impl BackendState {
 
     pub fn count_connect_failure(&self) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `bytes` more were relayed to the backend (`to_backend`) or from it.
+    pub fn moved(&self, to_backend: bool, bytes: u64) {
+        let counter = if to_backend {
+            &self.bytes_to_backend
+        } else {
+            &self.bytes_to_client
+        };
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes relayed (to the backend, to clients) since the backend appeared.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_to_backend.load(Ordering::Relaxed),
+            self.bytes_to_client.load(Ordering::Relaxed),
+        )
     }
 
     pub fn count_unanswered(&self) {

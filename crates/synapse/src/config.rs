@@ -35,8 +35,33 @@ pub struct SynapseConfig {
     /// replaced) is not believed: the instances known before are served meanwhile.
     #[serde(default = "default_registry_grace_period")]
     pub registry_grace_period: ConfigDuration,
+    /// What `GET /metrics` exports.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// The `metrics` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Whether the `synapse_backend_*` series (one per backend) are exported; off for
+    /// services with thousands of instances, where they would swamp the scrape.
+    #[serde(default = "default_per_backend")]
+    pub per_backend: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            per_backend: default_per_backend(),
+        }
+    }
+}
+
+fn default_per_backend() -> bool {
+    true
 }
 
 /// One local port forwarded to the instances of one service.
@@ -321,6 +346,7 @@ impl SynapseConfig {
             cache_file: None,
             shutdown_timeout: default_shutdown_timeout(),
             registry_grace_period: default_registry_grace_period(),
+            metrics: MetricsConfig::default(),
             services: Vec::new(),
         }
     }
@@ -381,13 +407,14 @@ mod tests {
         assert_eq!(s.min_zone_backends, 1);
         assert_eq!(c.shutdown_timeout.get(), Duration::from_secs(30));
         assert_eq!(c.registry_grace_period.get(), Duration::from_secs(20));
+        assert!(c.metrics.per_backend);
     }
 
     #[test]
     fn every_key_loads() {
         let c = parse(&format!(
             "{ETCD}zone: a\nadmin: 127.0.0.1:9000\ncache_file: /tmp/c.json\nshutdown_timeout: 2s\n\
-             registry_grace_period: 30s\n\
+             registry_grace_period: 30s\nmetrics: {{per_backend: false}}\n\
              services:\n  - name: web\n    listen: 3000\n    balance: least_conn\n    connect_timeout: 200ms\n\
              \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n\
              \x20   max_ejection_percent: 30\n\
@@ -402,6 +429,7 @@ mod tests {
         assert_eq!(s.default_servers[0].weight, 5);
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9000");
         assert_eq!(c.registry_grace_period.get(), Duration::from_secs(30));
+        assert!(!c.metrics.per_backend);
         // JSON is YAML too, as SmartStack's configs are JSON.
         let j = parse(
             r#"{"etcd": {"endpoints": ["127.0.0.1:2379"]},
@@ -419,6 +447,8 @@ mod tests {
         let cases: Vec<(String, &str, &str)> = vec![
             (svc("    colour: red\n"), "services[0].colour", "unknown field"),
             (format!("{ETCD}colour: red\n"), "colour", "unknown field"),
+            (format!("{ETCD}metrics: {{per_service: no}}\n"), "metrics.per_service", "unknown field"),
+            (format!("{ETCD}metrics: {{per_backend: 3}}\n"), "metrics.per_backend", "expected true or false"),
             (svc("    balance: fastest\n"), "services[0].balance", "unknown variant"),
             (svc("    connect_timeout: soon\n"), "services[0].connect_timeout", "invalid duration"),
             (svc("    connect_timeout: 0ms\n"), "services[0].connect_timeout", "at least"),

@@ -23,9 +23,19 @@ pub enum Ended {
     Failed(io::Error),
 }
 
-/// Relays until both sides close, an error, or `idle` passes with no byte either way.
-pub async fn relay(client: TcpStream, backend: TcpStream, idle: Option<Duration>) -> Ended {
-    match datapath::relay(client, backend, idle).await {
+/// Relays until both sides close, an error, or `idle` passes with no byte either way;
+/// reports the bytes to `meter` burst by burst.
+pub async fn relay<M: datapath::Meter>(
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Option<Duration>,
+    meter: &M,
+) -> Ended {
+    let options = datapath::RelayOptions {
+        idle_timeout: idle,
+        ..datapath::RelayOptions::default()
+    };
+    match datapath::relay_metered(client, backend, &options, meter).await {
         Ok(s) => Ended::Closed(s.client_to_upstream, s.upstream_to_client),
         Err(e) if datapath::is_idle_timeout(&e) => Ended::Idle,
         Err(e) => Ended::Failed(e),

@@ -148,6 +148,8 @@ impl EjectionState {
 pub struct Ejector {
     serial: Mutex<()>,
     span: tracing::Span,
+    /// Ejections so far (`synapse_ejections_total`).
+    ejections: AtomicU64,
 }
 
 impl Ejector {
@@ -156,7 +158,13 @@ impl Ejector {
         Ejector {
             serial: Mutex::new(()),
             span,
+            ejections: AtomicU64::new(0),
         }
+    }
+
+    /// Ejections since the service started.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     /// A connect to `backend` (shown as `addr`, registry id `id`) failed with `error`;
@@ -173,6 +181,9 @@ impl Ejector {
             let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
             backend.record_failure(peers, policy, now_ms())
         };
+        if let FailureOutcome::Ejected(_) = outcome {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+        }
         let _in = self.span.enter();
         match outcome {
             FailureOutcome::Ejected(length) => tracing::warn!(

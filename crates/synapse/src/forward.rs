@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -31,6 +31,7 @@ use crate::quiet;
 use crate::replay;
 use crate::resolve;
 use crate::state::ServiceState;
+use crate::traffic::{ConnectResult, Traffic};
 
 /// Keepalive on both legs, so that a peer that vanished (host down, partition) is noticed
 /// and its connection freed, instead of a slot held forever.
@@ -95,6 +96,20 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.disconnected();
+    }
+}
+
+/// Counts relayed bytes on the service and on the backend: two relaxed atomic adds per
+/// burst.
+struct BytesMeter<'a> {
+    service: &'a Traffic,
+    backend: &'a BackendState,
+}
+
+impl datapath::Meter for BytesMeter<'_> {
+    fn moved(&self, to_upstream: bool, bytes: u64) {
+        self.service.moved(to_upstream, bytes);
+        self.backend.moved(to_upstream, bytes);
     }
 }
 
@@ -198,7 +213,18 @@ async fn connect_some(
             break;
         };
         let backend = &set.active[i];
+        let traffic = service.traffic();
+        if !tried.is_empty() {
+            traffic.retried();
+        }
+        let started = Instant::now();
         let attempt = tokio::time::timeout(knobs.connect_timeout, resolve::dial(backend)).await;
+        let result = match &attempt {
+            Ok(Ok(_)) => ConnectResult::Ok,
+            Ok(Err(e)) => ConnectResult::of_error(e),
+            Err(_) => ConnectResult::Timeout,
+        };
+        traffic.connect_attempt(result, started.elapsed());
         match attempt {
             Ok(Ok(stream)) => {
                 let ejection = backend.state.ejection();
@@ -253,6 +279,7 @@ fn note(service: &ServiceState, unserved: Unserved) {
 /// debug span, free when debug logging is off); its warnings and info lines (ejections,
 /// unserved clients) are recorded in the service's span, entered only when one is logged.
 pub async fn serve(service: &ServiceState, client: TcpStream) {
+    let _counted = service.traffic().accepted();
     if !ACCEPTED_INHERIT_OPTIONS {
         tune(&client);
     }
@@ -305,6 +332,7 @@ pub async fn serve(service: &ServiceState, client: TcpStream) {
                 replay::FirstExchange::Unanswered(e) => {
                     let backend = &set.active[i];
                     backend.state.count_unanswered();
+                    service.traffic().replayed();
                     tracing::debug!(
                         backend = %backend.addr(), error = %e,
                         "request unanswered; sending it to another backend"
@@ -339,8 +367,12 @@ pub async fn serve(service: &ServiceState, client: TcpStream) {
         }
     });
     let cut = quiet::polled_when_woken(cut);
+    let meter = BytesMeter {
+        service: service.traffic(),
+        backend: &guard.0,
+    };
     let ended = tokio::select! {
-        ended = copy::relay(client, upstream, knobs.idle_timeout) => ended,
+        ended = copy::relay(client, upstream, knobs.idle_timeout, &meter) => ended,
         why = cut => {
             tracing::debug!("{why}");
             return;

@@ -18,6 +18,8 @@
 //!   update from a registry view (state kept, removed backends draining, drained ones
 //!   shown for a while).
 //! - `limit`: `max_connections` as a lock-free counter the accept loop waits on.
+//! - `traffic`: a service's traffic counters (connections, connect attempts by result,
+//!   retries, replays, bytes, duration histograms) as relaxed atomics.
 //! - `state`: one service's state at run time, a handle over private fields that everything
 //!   above uses through methods (configuration, backend set, readiness, the ejector, the
 //!   status page); it carries the watch channel on which the follower publishes its source
@@ -70,9 +72,11 @@ mod resolution;
 mod resolve;
 mod service;
 mod state;
+mod traffic;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -98,6 +102,8 @@ pub struct Synapse {
     state: tokio::sync::Mutex<State>,
     services: Arc<ArcSwap<BTreeMap<String, Arc<ServiceState>>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
+    /// `metrics.per_backend`, read by the admin server at each scrape.
+    per_backend_metrics: Arc<AtomicBool>,
     cut: CancellationToken,
 }
 
@@ -261,6 +267,7 @@ impl Synapse {
             let cap = descriptor_cap(&config, &plan, &s.name);
             runtimes.insert(s.name.clone(), start_service(s, cap, bound, &common));
         }
+        let per_backend_metrics = config.metrics.per_backend;
         let synapse = Synapse {
             state: tokio::sync::Mutex::new(State {
                 config,
@@ -275,6 +282,7 @@ impl Synapse {
             }),
             services: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
             admin_addr: Mutex::new(None),
+            per_backend_metrics: Arc::new(AtomicBool::new(per_backend_metrics)),
             cut,
         };
         {
@@ -317,7 +325,8 @@ impl Synapse {
                 .map(|(n, s)| (n.clone(), s.status()))
                 .collect()
         });
-        Admin::start(listener.listener, listener.addr, snapshot)
+        let per_backend = self.per_backend_metrics.clone();
+        Admin::start(listener.listener, listener.addr, snapshot, per_backend)
     }
 
     /// Puts `admin` in place of the running admin server (`None`: no admin server).
@@ -487,6 +496,10 @@ impl Synapse {
                     self.install_admin(state, admin.take());
                 }
                 Action::CacheFile => {}
+                Action::Metrics(metrics) => {
+                    self.per_backend_metrics
+                        .store(metrics.per_backend, Ordering::Relaxed);
+                }
             }
         }
         state.config = recorded;

@@ -5,7 +5,7 @@
 //! backend set and its stats survive); removed ones stop accepting and drain; a moved
 //! listener accepts on the new address before the old one closes.
 
-use crate::config::{ServiceConfig, SynapseConfig};
+use crate::config::{MetricsConfig, ServiceConfig, SynapseConfig};
 
 /// One step of a reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub enum Action {
     Admin,
     /// The cache file moved (or was turned on or off).
     CacheFile,
+    /// The `metrics` block changed.
+    Metrics(MetricsConfig),
 }
 
 /// The actions that turn `old` into `new`, stops first (they may free addresses that
@@ -61,6 +63,9 @@ pub fn diff(old: &SynapseConfig, new: &SynapseConfig) -> Vec<Action> {
     }
     if old.cache_file != new.cache_file {
         actions.push(Action::CacheFile);
+    }
+    if old.metrics != new.metrics {
+        actions.push(Action::Metrics(new.metrics));
     }
     actions
 }

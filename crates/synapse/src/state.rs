@@ -27,6 +27,7 @@ use crate::config::ServiceConfig;
 use crate::ejection::Ejector;
 use crate::limit::Limit;
 use crate::resolution::is_name;
+use crate::traffic::{Durations, Traffic, TrafficStatus};
 
 /// At most one warning per service per this period about connections that found no backend.
 const UNSERVED_WARN_EVERY: u64 = 5_000;
@@ -76,6 +77,7 @@ pub struct ServiceState {
     unserved: AtomicU64,
     unserved_warned: AtomicU64,
     recompute: Notify,
+    traffic: Traffic,
 }
 
 impl ServiceState {
@@ -103,6 +105,7 @@ impl ServiceState {
             unserved: AtomicU64::new(0),
             unserved_warned: AtomicU64::new(0),
             recompute: Notify::new(),
+            traffic: Traffic::default(),
         })
     }
 
@@ -158,6 +161,11 @@ impl ServiceState {
     /// Cancelled when live connections must end (the shutdown timeout has passed).
     pub fn cut(&self) -> &CancellationToken {
         &self.cut
+    }
+
+    /// The service's traffic counters.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     pub fn limit(&self) -> &Limit {
@@ -314,6 +322,8 @@ impl ServiceState {
             registry: self.registry(),
             unserved_connections: self.unserved.load(Ordering::Relaxed),
             effective_max_connections: self.limit.capped(),
+            traffic: self.traffic.status(self.ejector.ejections()),
+            durations: self.traffic.durations(),
         }
     }
 }
@@ -361,6 +371,10 @@ pub struct ServiceStatus {
     /// `max_connections`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_max_connections: Option<u32>,
+    pub traffic: TrafficStatus,
+    /// For `/metrics` only.
+    #[serde(skip)]
+    pub durations: Durations,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -378,6 +392,8 @@ pub struct BackendStatus {
     pub total: u64,
     pub connect_failures: u64,
     pub unanswered: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
     /// For a DNS name: the addresses connections dial (empty until it first resolves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<String>>,
@@ -386,6 +402,7 @@ pub struct BackendStatus {
 impl BackendStatus {
     fn of(b: &Backend, left_registry: bool, now: u64) -> Self {
         let s = &b.state;
+        let (bytes_to_backend, bytes_to_client) = s.bytes();
         let state = match (left_registry, s.active()) {
             (true, 0) => "drained",
             (true, _) => "draining",
@@ -403,6 +420,8 @@ impl BackendStatus {
             total: s.total(),
             connect_failures: s.connect_failures(),
             unanswered: s.unanswered(),
+            bytes_to_backend,
+            bytes_to_client,
             addresses: is_name(&b.spec.host).then(|| {
                 s.resolution()
                     .addrs()

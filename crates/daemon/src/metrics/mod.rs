@@ -65,7 +65,8 @@ struct Scraped(Vec<Family>);
 
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        for family in &self.0 {
+        // A family without samples would have no type to take from them.
+        for family in self.0.iter().filter(|f| !f.samples.is_empty()) {
             let kind = match family.samples.first() {
                 Some((_, Sample::Counter(_) | Sample::FloatCounter(_))) => MetricType::Counter,
                 Some((_, Sample::Histogram(_))) => MetricType::Histogram,
@@ -122,8 +123,14 @@ mod tests {
         );
         assert!(text.contains("x_up 1"), "{text}");
         assert!(text.contains("# TYPE x_wait_seconds histogram"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("x_wait_seconds_count 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }

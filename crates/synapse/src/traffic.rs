@@ -1,0 +1,244 @@
+//! A service's traffic counters: what its connections did, counted on the hot path with
+//! relaxed atomic adds on fields of the service's state (no lock, no map lookup, no
+//! allocation per connection), read by `/status`, `/metrics` and the dashboard.
+//!
+//! Per-backend counts (connections, failures, bytes) live on each backend's state; these
+//! are the service's totals, which outlive the backends that come and go.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use daemon::metrics::{Histogram, HistogramSample, LIFETIME_SECONDS, SHORT_SECONDS};
+use serde::Serialize;
+
+/// How one connect attempt to a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectResult {
+    Ok,
+    /// The backend's host answered with a reset (`ECONNREFUSED`).
+    Refused,
+    /// `connect_timeout` passed (or the kernel gave up: `ETIMEDOUT`).
+    Timeout,
+    /// Anything else: unreachable, out of descriptors, ...
+    Error,
+}
+
+impl ConnectResult {
+    /// The result of a failed connect.
+    pub fn of_error(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectResult::Refused,
+            std::io::ErrorKind::TimedOut => ConnectResult::Timeout,
+            _ => ConnectResult::Error,
+        }
+    }
+
+    pub const ALL: [ConnectResult; 4] = [
+        ConnectResult::Ok,
+        ConnectResult::Refused,
+        ConnectResult::Timeout,
+        ConnectResult::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectResult::Ok => "ok",
+            ConnectResult::Refused => "refused",
+            ConnectResult::Timeout => "timeout",
+            ConnectResult::Error => "error",
+        }
+    }
+}
+
+/// The counters of one service.
+#[derive(Debug)]
+pub struct Traffic {
+    connections: AtomicU64,
+    active: AtomicU64,
+    connect_attempts: [AtomicU64; 4],
+    retries: AtomicU64,
+    replays: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
+    connect_duration: Histogram,
+    connection_duration: Histogram,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            connections: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            connect_attempts: Default::default(),
+            retries: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            connect_duration: Histogram::new(SHORT_SECONDS),
+            connection_duration: Histogram::new(LIFETIME_SECONDS),
+        }
+    }
+}
+
+/// A client connection, counted from its accept to its end (drop).
+pub struct ClientConnection<'t> {
+    traffic: &'t Traffic,
+    accepted: Instant,
+}
+
+impl Drop for ClientConnection<'_> {
+    fn drop(&mut self) {
+        self.traffic.active.fetch_sub(1, Ordering::Relaxed);
+        self.traffic
+            .connection_duration
+            .observe(self.accepted.elapsed());
+    }
+}
+
+impl Traffic {
+    /// A client connection was accepted: counted, and active until the guard drops.
+    pub fn accepted(&self) -> ClientConnection<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ClientConnection {
+            traffic: self,
+            accepted: Instant::now(),
+        }
+    }
+
+    /// A connect attempt ended with `result`; a successful one took `took`.
+    pub fn connect_attempt(&self, result: ConnectResult, took: Duration) {
+        self.connect_attempts[result as usize].fetch_add(1, Ordering::Relaxed);
+        if result == ConnectResult::Ok {
+            self.connect_duration.observe(took);
+        }
+    }
+
+    /// A connect attempt after a failed one, for the same client connection.
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request its backend closed on unanswered is sent to another backend.
+    pub fn replayed(&self) {
+        self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn moved(&self, to_backend: bool, bytes: u64) {
+        let counter = if to_backend {
+            &self.bytes_to_backend
+        } else {
+            &self.bytes_to_client
+        };
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The counters now, with `ejections` (kept by the service's ejector).
+    pub fn status(&self, ejections: u64) -> TrafficStatus {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let attempt = |r: ConnectResult| load(&self.connect_attempts[r as usize]);
+        TrafficStatus {
+            connections_total: load(&self.connections),
+            connections_active: load(&self.active),
+            connect_attempts: ConnectAttempts {
+                ok: attempt(ConnectResult::Ok),
+                refused: attempt(ConnectResult::Refused),
+                timeout: attempt(ConnectResult::Timeout),
+                error: attempt(ConnectResult::Error),
+            },
+            retries_total: load(&self.retries),
+            replays_total: load(&self.replays),
+            ejections_total: ejections,
+            bytes_to_backend: load(&self.bytes_to_backend),
+            bytes_to_client: load(&self.bytes_to_client),
+        }
+    }
+
+    pub fn durations(&self) -> Durations {
+        Durations {
+            connect: self.connect_duration.sample(),
+            connection: self.connection_duration.sample(),
+        }
+    }
+}
+
+/// The duration histograms as read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    /// Successful connects to backends.
+    pub connect: HistogramSample,
+    /// Client connections, accept to close.
+    pub connection: HistogramSample,
+}
+
+/// A service's counters as `/status` shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TrafficStatus {
+    /// Client connections accepted.
+    pub connections_total: u64,
+    /// Client connections open now (waiting for a backend, connecting or relayed).
+    pub connections_active: u64,
+    pub connect_attempts: ConnectAttempts,
+    /// Connect attempts after a failed one.
+    pub retries_total: u64,
+    /// Requests sent again after their backend closed unanswered (`retry_unanswered`).
+    pub replays_total: u64,
+    pub ejections_total: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+}
+
+/// Connect attempts to backends by result.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ConnectAttempts {
+    pub ok: u64,
+    pub refused: u64,
+    pub timeout: u64,
+    pub error: u64,
+}
+
+impl ConnectAttempts {
+    pub fn get(&self, result: ConnectResult) -> u64 {
+        match result {
+            ConnectResult::Ok => self.ok,
+            ConnectResult::Refused => self.refused,
+            ConnectResult::Timeout => self.timeout,
+            ConnectResult::Error => self.error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_active_until_its_guard_drops_and_then_timed() {
+        let t = Traffic::default();
+        let c = t.accepted();
+        assert_eq!(t.status(0).connections_active, 1);
+        drop(c);
+        let s = t.status(0);
+        assert_eq!((s.connections_total, s.connections_active), (1, 0));
+        assert_eq!(t.durations().connection.count, 1);
+    }
+
+    #[test]
+    fn only_successful_connects_are_timed() {
+        let t = Traffic::default();
+        t.connect_attempt(ConnectResult::Refused, Duration::from_millis(1));
+        t.connect_attempt(ConnectResult::Ok, Duration::from_millis(2));
+        let s = t.status(0);
+        assert_eq!((s.connect_attempts.ok, s.connect_attempts.refused), (1, 1));
+        assert_eq!(t.durations().connect.count, 1);
+    }
+
+    #[test]
+    fn errors_are_classified_by_kind() {
+        use std::io::{Error, ErrorKind};
+        let r = |k| ConnectResult::of_error(&Error::from(k));
+        assert_eq!(r(ErrorKind::ConnectionRefused), ConnectResult::Refused);
+        assert_eq!(r(ErrorKind::TimedOut), ConnectResult::Timeout);
+        assert_eq!(r(ErrorKind::HostUnreachable), ConnectResult::Error);
+    }
+}
