@@ -70,33 +70,33 @@ pub(crate) async fn run<M: Meter>(
                     Burst::Bulk => mode = Mode::Splice,
                 }
             }
-            Mode::Splice => match {
+            Mode::Splice => {
                 let burst = splice_burst(src, dst, options, activity, &mut bytes).await;
                 metered.report(bytes, &mut reported);
-                burst?
-            } {
-                SpliceEnd::Eof => break,
-                SpliceEnd::Idle { moved } => {
-                    // Auto: bursts well under one buffer are messages, not a stream; two
-                    // in a row hand the direction back to buffers (the hysteresis keeps a
-                    // stream whose reader is momentarily ahead on splice).
-                    if options.strategy == Strategy::Auto {
-                        small_bursts = if moved < (size / 4) as u64 {
-                            small_bursts + 1
-                        } else {
-                            0
-                        };
-                        if small_bursts >= 2 {
-                            small_bursts = 0;
-                            mode = Mode::Buffered;
+                match burst? {
+                    SpliceEnd::Eof => break,
+                    SpliceEnd::Idle { moved } => {
+                        // Auto: bursts well under one buffer are messages, not a stream; two
+                        // in a row hand the direction back to buffers (the hysteresis keeps a
+                        // stream whose reader is momentarily ahead on splice).
+                        if options.strategy == Strategy::Auto {
+                            small_bursts = if moved < (size / 4) as u64 {
+                                small_bursts + 1
+                            } else {
+                                0
+                            };
+                            if small_bursts >= 2 {
+                                small_bursts = 0;
+                                mode = Mode::Buffered;
+                            }
                         }
                     }
+                    SpliceEnd::Unsupported => {
+                        splice_ok = false;
+                        mode = Mode::Buffered;
+                    }
                 }
-                SpliceEnd::Unsupported => {
-                    splice_ok = false;
-                    mode = Mode::Buffered;
-                }
-            },
+            }
         }
     }
     // The first direction to end passes the half-close on. When the other one has already
