@@ -6,12 +6,14 @@
 //! - [`process`]: child processes killed by PID on drop, output kept in a log file.
 //! - [`daemon`]: the real `nerve`/`synapse` binaries started on a configuration of the
 //!   test's, waited for until they say they started; the one way tests start them.
+//! - [`admin`]: requests to a daemon's admin HTTP server.
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
 //! Everything binds 127.0.0.1 only.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod bulk;
 pub mod daemon;

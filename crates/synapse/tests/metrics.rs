@@ -7,22 +7,12 @@ use std::net::SocketAddr;
 
 use common::*;
 use testkit::{free_port, metric_sample as sample, wait_until, Backend, Daemon, EtcdServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET /metrics`: the content type and the body.
 async fn scrape(admin: SocketAddr) -> Option<(String, String)> {
-    let mut http = tokio::net::TcpStream::connect(admin).await.ok()?;
-    let request = b"GET /metrics HTTP/1.1\r\nHost: synapse\r\nConnection: close\r\n\r\n";
-    http.write_all(request).await.ok()?;
-    let mut response = String::new();
-    http.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))?
-        .to_owned();
-    Some((content_type, body.to_owned()))
+    let reply = testkit::admin::get(admin, "/metrics").await.ok()?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    Some((reply.content_type, reply.body))
 }
 
 #[tokio::test]
