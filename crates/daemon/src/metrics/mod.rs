@@ -66,10 +66,14 @@ struct Scraped(Vec<Family>);
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         for family in &self.0 {
+            // The type is told by the samples: a family without any (per-instance series
+            // while there is no instance) could only be written as a gauge whatever it is,
+            // and carries nothing.
             let kind = match family.samples.first() {
                 Some((_, Sample::Counter(_) | Sample::FloatCounter(_))) => MetricType::Counter,
                 Some((_, Sample::Histogram(_))) => MetricType::Histogram,
-                _ => MetricType::Gauge,
+                Some((_, Sample::Gauge(_))) => MetricType::Gauge,
+                None => continue,
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             for (labels, sample) in &family.samples {
@@ -122,9 +126,25 @@ mod tests {
         );
         assert!(text.contains("x_up 1"), "{text}");
         assert!(text.contains("# TYPE x_wait_seconds histogram"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("x_wait_seconds_count 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_family_without_samples_is_left_out() {
+        let text = render(vec![Family {
+            name: "x_checks",
+            help: "Checks.",
+            samples: Vec::new(),
+        }]);
+        assert!(!text.contains("x_checks"), "{text}");
     }
 }
