@@ -71,15 +71,14 @@ impl NerveRoutes {
 
 impl Routes for NerveRoutes {
     fn metrics(&self) -> Option<String> {
-        let instances = self.shared.statuses();
-        let leased = self.shared.lease().is_some();
-        let version = env!("CARGO_PKG_VERSION");
-        Some(crate::metrics::text(
-            &instances,
-            self.etcd_reachable(),
-            leased,
-            version,
-        ))
+        let instances = self.shared.counted();
+        Some(crate::metrics::text(&crate::metrics::Scrape {
+            instances: &instances,
+            etcd_reachable: self.etcd_reachable(),
+            leased: self.shared.lease().is_some(),
+            process: self.shared.counters(),
+            version: env!("CARGO_PKG_VERSION"),
+        }))
     }
 
     fn status(&self) -> Value {

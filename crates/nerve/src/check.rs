@@ -4,7 +4,7 @@
 //! returns early to the caller with an error it would have to handle differently.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::config::{CheckConfig, ExecCheckConfig, HttpCheckConfig, ServiceConfig, TcpCheckConfig};
+use crate::config::{
+    CheckConfig, CheckKind, ExecCheckConfig, HttpCheckConfig, ServiceConfig, TcpCheckConfig,
+};
 
 /// The result of one check: `Ok` = pass, `Err` = why it failed.
 pub type CheckResult = Result<(), CheckError>;
@@ -77,6 +79,10 @@ impl Check {
             service: service.name.clone(),
             config: config.clone(),
         }
+    }
+
+    pub fn kind(&self) -> CheckKind {
+        self.config.kind()
     }
 
     /// A short name for logs and /status, e.g. `tcp 10.0.0.5:8080`.
@@ -321,7 +327,24 @@ impl Drop for KillGroupOnDrop {
 /// Runs every check of one round at once; the first failure (in configured order) is the
 /// reason, so all checks must pass.
 pub async fn run_all(checks: &[Check]) -> CheckResult {
-    let results = futures::future::join_all(checks.iter().map(Check::run)).await;
+    run_all_observed(checks, |_, _, _| {}).await
+}
+
+/// [`run_all`], telling `observe` about each check as it finishes: its kind, whether it
+/// passed and how long it took (for the metrics; a round abandoned midway still reports
+/// the checks that had finished).
+pub async fn run_all_observed(
+    checks: &[Check],
+    observe: impl Fn(CheckKind, bool, Duration),
+) -> CheckResult {
+    let observe = &observe;
+    let timed = checks.iter().map(|check| async move {
+        let started = Instant::now();
+        let result = check.run().await;
+        observe(check.kind(), result.is_ok(), started.elapsed());
+        result
+    });
+    let results = futures::future::join_all(timed).await;
     results
         .into_iter()
         .collect::<Result<Vec<()>, CheckError>>()

@@ -117,10 +117,10 @@ pub struct ExecCheckConfig {
     pub timeout: ConfigDuration,
 }
 
-/// The value of a check's `type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The value of a check's `type`; also the `check` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum CheckKind {
+pub enum CheckKind {
     Tcp,
     Http,
     Exec,
@@ -141,7 +141,18 @@ const ALL_CHECK_KEYS: &[&str] = &[
 ];
 
 impl CheckKind {
-    fn name(self) -> &'static str {
+    pub const ALL: [CheckKind; 3] = [CheckKind::Tcp, CheckKind::Http, CheckKind::Exec];
+
+    /// Its place in [`CheckKind::ALL`], for arrays indexed by kind.
+    pub fn index(self) -> usize {
+        match self {
+            CheckKind::Tcp => 0,
+            CheckKind::Http => 1,
+            CheckKind::Exec => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Http => "http",
@@ -303,6 +314,14 @@ impl<'de> Deserialize<'de> for CheckConfig {
 }
 
 impl CheckConfig {
+    pub fn kind(&self) -> CheckKind {
+        match self {
+            CheckConfig::Tcp(_) => CheckKind::Tcp,
+            CheckConfig::Http(_) => CheckKind::Http,
+            CheckConfig::Exec(_) => CheckKind::Exec,
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         match self {
             CheckConfig::Tcp(c) => c.timeout.get(),

@@ -7,7 +7,10 @@
 //! - [`health`]: rise/fall as a pure function.
 //! - [`monitor`]: one task per instance running its checks and reporting to [`state`].
 //! - [`state`]: what is known about every instance, and the one place deciding which
-//!   registrations should exist.
+//!   registrations should exist; [`history`]: the last rounds of checks it keeps for
+//!   `/status`.
+//! - [`counters`]: the atomics the monitors, the registrar and the lease count into, and
+//!   [`metrics`]: `GET /metrics`, read from them and from [`state`] at scrape time.
 //! - [`registrar`]: makes etcd hold exactly those registrations under the process's lease
 //!   (kept by [`registry::lease`]), and reconciles periodically.
 //! - [`reload`]: SIGHUP as a pure diff between the old and the new configuration.
@@ -23,7 +26,9 @@
 mod admin;
 mod check;
 pub mod config;
+mod counters;
 mod health;
+mod history;
 mod metrics;
 mod monitor;
 mod registrar;
@@ -116,7 +121,9 @@ fn start_registrar(
     shared: &Arc<Shared>,
     reconcile_interval: watch::Receiver<Duration>,
 ) -> (Lease, JoinHandle<()>, CancellationToken) {
-    let lease = Lease::start(etcd.clone(), config.lease_ttl.get());
+    // The counters outlive this lease: a reload that moves the registrations starts another.
+    let counters = shared.counters().lease.clone();
+    let lease = Lease::start_counting(etcd.clone(), config.lease_ttl.get(), counters);
     let stop = CancellationToken::new();
     let registrar = registrar::Registrar::new(
         etcd,

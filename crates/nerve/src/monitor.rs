@@ -1,8 +1,10 @@
 //! One task per instance: runs its checks every `check_interval`, feeds the results through
 //! rise/fall ([`crate::health`]), watches its maintenance file, and reports to [`Shared`].
+//! Counts every check and health transition into the instance's [`InstanceCounters`].
 //! Logs one line per change of state, never one per check.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,6 +14,7 @@ use tracing::Instrument;
 use crate::check::CheckResult;
 use crate::check::{self, Check, CheckError};
 use crate::config::ServiceConfig;
+use crate::counters::InstanceCounters;
 use crate::health::{Health, Transition};
 use crate::state::{InstanceId, Shared};
 
@@ -31,7 +34,7 @@ impl Monitor {
         service: ServiceConfig,
         parent: &CancellationToken,
     ) -> Monitor {
-        shared.upsert(&service);
+        let counters = shared.upsert(&service).counters;
         // Every line the task logs names the instance once, through this span.
         let span = tracing::info_span!(
             "monitor",
@@ -40,7 +43,8 @@ impl Monitor {
         );
         let (spec_tx, spec_rx) = watch::channel(service);
         let stop = parent.child_token();
-        let task = tokio::spawn(run(shared, spec_rx, stop.clone()).instrument(span.clone()));
+        let task =
+            tokio::spawn(run(shared, counters, spec_rx, stop.clone()).instrument(span.clone()));
         Monitor {
             spec: spec_tx,
             span,
@@ -53,7 +57,7 @@ impl Monitor {
     /// once with the new checks (a round in flight is abandoned). Health history is kept
     /// unless the address changed ([`Shared::upsert`]); returns whether it did.
     pub fn update(&self, shared: &Shared, service: ServiceConfig) -> bool {
-        let moved = shared.upsert(&service);
+        let moved = shared.upsert(&service).moved;
         self.spec.send_replace(service);
         moved
     }
@@ -71,6 +75,7 @@ impl Monitor {
 
 async fn run(
     shared: Arc<Shared>,
+    counters: Arc<InstanceCounters>,
     mut spec: watch::Receiver<ServiceConfig>,
     stop: CancellationToken,
 ) {
@@ -97,8 +102,12 @@ async fn run(
                 }
                 _ = stop.cancelled() => return,
             }
+            let started = Instant::now();
+            let round = check::run_all_observed(&checks, |kind, passed, took| {
+                counters.check(kind, passed, took);
+            });
             let result = tokio::select! {
-                r = check::run_all(&checks) => r,
+                r = round => r,
                 // The round checks what the instance was; start over with what it is.
                 changed = spec.changed() => {
                     if changed.is_err() { return; }
@@ -106,10 +115,18 @@ async fn run(
                 }
                 _ = stop.cancelled() => return,
             };
+            let took = started.elapsed();
             file_maintenance = watch_maintenance_file(&service, file_maintenance).await;
             let before = shared.health(&id);
             let (after, transition) = before.step(result.is_ok(), service.rise, service.fall);
-            shared.report(&id, &service, after, &result, file_maintenance);
+            // Not recorded: a reload moved the instance meanwhile and its monitor starts over
+            // (the reload logs that); nothing changed state here.
+            if !shared.report(&id, &service, after, &result, took, file_maintenance) {
+                continue;
+            }
+            if let Some(t) = transition {
+                counters.transition(t);
+            }
             log_round(transition, after, &result, &mut logged_failure);
         }
     }

@@ -19,6 +19,11 @@
 //! are abandoned as soon as the wanted set or the lease changes, so a long outage never
 //! leaves a stale write queued in front of a newer one, and when the lease keeper gets
 //! through to etcd again, so none waits out a backoff step grown during the outage.
+//!
+//! Every write etcd took is counted ([`ProcessCounters::write`]) where it is logged (a delete
+//! that found the key gone already changed nothing and counts as no write), and so is every
+//! write etcd refused. Attempts while etcd does not answer are not: [`Etcd::retry`] repeats
+//! them, and `nerve_etcd_connected` shows the outage.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::counters::{ProcessCounters, WriteOp};
 use crate::state::{Desired, Shared};
 
 /// What we know about a key we wrote.
@@ -113,6 +119,10 @@ impl Registrar {
 
     fn interval(&self) -> Duration {
         *self.reconcile_interval.borrow()
+    }
+
+    fn counters(&self) -> &ProcessCounters {
+        self.shared.counters()
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
@@ -284,12 +294,14 @@ impl Registrar {
                     self.written.remove(&key);
                     self.orphaned.remove(&key);
                     if resp.deleted() > 0 {
+                        self.counters().write(WriteOp::Delete, true);
                         tracing::info!(key, "deregistered");
                     } else {
                         tracing::debug!(key, "deregistered: the key was gone already");
                     }
                 }
                 Outcome::Failed(e) => {
+                    self.counters().write(WriteOp::Delete, false);
                     tracing::error!(key, error = %e, "etcd refused to delete the key");
                     failed = true;
                 }
@@ -375,16 +387,20 @@ impl Registrar {
                     unconfirmed: None,
                 };
                 self.written.insert(key.to_owned(), done);
+                self.counters().write(WriteOp::Put, true);
                 tracing::info!(key, lease = %registry::lease::LeaseId(lease), "{verb}");
                 Ok(false)
             }
             Outcome::Failed(e) if is_lease_not_found(&e) => {
+                // Logged by the lease keeper, which this report makes give the lease up.
+                self.counters().write(WriteOp::Put, false);
                 self.lease.report_lost(lease);
                 self.forget_all();
                 Err(Stop::Interrupted)
             }
             Outcome::Failed(e) => {
                 self.written.remove(key);
+                self.counters().write(WriteOp::Put, false);
                 tracing::error!(key, error = %e, "etcd refused the registration");
                 Ok(true)
             }

@@ -7,15 +7,17 @@
 //! can register or deregister anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::check::CheckResult;
-use crate::config::ServiceConfig;
-use crate::health::Health;
+use crate::config::{CheckKind, ServiceConfig};
+use crate::counters::{InstanceCounters, ProcessCounters};
+use crate::health::{Health, Transition};
+use crate::history::{RecentCheck, RecentChecks};
 
 /// (service, instance_id): how an instance is known across reloads.
 pub type InstanceId = (String, String);
@@ -24,7 +26,7 @@ pub type InstanceId = (String, String);
 pub type Desired = BTreeMap<String, String>;
 
 /// One instance as `/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceStatus {
     pub service: String,
     pub instance_id: String,
@@ -46,6 +48,28 @@ pub struct InstanceStatus {
     /// The lease the key is (or would be) written under; `null` while there is none.
     #[serde(serialize_with = "registry::lease::serialize_hex")]
     pub lease: Option<i64>,
+    /// Consecutive passes that make it healthy, and failures that make it unhealthy, as
+    /// configured: with `consecutive_*` they tell how close it is to changing.
+    pub rise: u32,
+    pub fall: u32,
+    /// The last rounds of checks, oldest first ([`crate::history::KEPT`] at most).
+    pub recent_checks: Vec<RecentCheck>,
+}
+
+/// An instance as `/metrics` reads it: its status, the kinds of check it has now, and its
+/// counters.
+pub struct CountedInstance {
+    pub status: InstanceStatus,
+    pub kinds: BTreeSet<CheckKind>,
+    pub counters: Arc<InstanceCounters>,
+}
+
+/// What [`Shared::upsert`] did.
+pub struct Upserted {
+    /// An existing instance's address changed, so its health was reset.
+    pub moved: bool,
+    /// The instance's counters, for its monitor.
+    pub counters: Arc<InstanceCounters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,7 +87,9 @@ struct Entry {
     record: String,
     health: Health,
     last: Option<LastCheck>,
+    recent: RecentChecks,
     maintenance_file: bool,
+    counters: Arc<InstanceCounters>,
 }
 
 #[derive(Default)]
@@ -81,6 +107,7 @@ pub struct Shared {
     desired: watch::Sender<Desired>,
     /// Changes only on a reload that moves the keys ([`Shared::set_prefix`]).
     prefix: Mutex<String>,
+    counters: ProcessCounters,
 }
 
 impl Shared {
@@ -89,7 +116,13 @@ impl Shared {
             inner: Mutex::new(Inner::default()),
             desired: watch::channel(Desired::new()).0,
             prefix: Mutex::new(prefix.to_owned()),
+            counters: ProcessCounters::default(),
         }
+    }
+
+    /// The process's counters (registry writes, the lease's).
+    pub fn counters(&self) -> &ProcessCounters {
+        &self.counters
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -132,27 +165,35 @@ impl Shared {
     /// Adds an instance, or updates its definition keeping its health history (a reload
     /// that changes only the weight must not take a healthy instance out), except when its
     /// address (`host` or `port`) changed: the health was that of another address, so it
-    /// starts over unhealthy, is deregistered, and needs `rise` passes against the new one.
-    /// Returns whether an existing instance's health was reset that way.
-    pub fn upsert(&self, service: &ServiceConfig) -> bool {
+    /// starts over unhealthy, is deregistered, and needs `rise` passes against the new one
+    /// (a healthy one counts a transition to unhealthy; the reload logs it).
+    pub fn upsert(&self, service: &ServiceConfig) -> Upserted {
         let id = (service.name.clone(), service.instance_id());
         let key = self.key_of(service);
         let record = service.record().to_json();
-        let mut moved = false;
-        {
+        let upserted = {
             let mut inner = self.lock();
             match inner.instances.get_mut(&id) {
                 Some(e) => {
-                    moved = !e.service.same_address(service);
+                    let moved = !e.service.same_address(service);
                     if moved {
+                        if e.health.healthy {
+                            e.counters.transition(Transition::BecameUnhealthy);
+                        }
                         e.health = Health::default();
                         e.last = None;
+                        e.recent.clear();
                     }
                     e.service = service.clone();
                     e.key = key;
                     e.record = record;
+                    Upserted {
+                        moved,
+                        counters: e.counters.clone(),
+                    }
                 }
                 None => {
+                    let counters = Arc::new(InstanceCounters::default());
                     inner.instances.insert(
                         id,
                         Entry {
@@ -161,14 +202,20 @@ impl Shared {
                             record,
                             health: Health::default(),
                             last: None,
+                            recent: RecentChecks::default(),
                             maintenance_file: false,
+                            counters: counters.clone(),
                         },
                     );
+                    Upserted {
+                        moved: false,
+                        counters,
+                    }
                 }
             }
-        }
+        };
         self.publish_desired();
-        moved
+        upserted
     }
 
     pub fn remove(&self, id: &InstanceId) {
@@ -177,37 +224,49 @@ impl Shared {
     }
 
     /// Records a round of checks run against `checked` (the service definition the checks
-    /// were built from) and the state of the maintenance file. A round that checked another
-    /// address than the instance has now (a reload moved it meanwhile) is dropped: a pass
-    /// there says nothing about the new address.
+    /// were built from) that took `took`, and the state of the maintenance file. A round
+    /// that checked another address than the instance has now (a reload moved it
+    /// meanwhile) is dropped: a pass there says nothing about the new address. Returns
+    /// whether the round was recorded.
     pub fn report(
         &self,
         id: &InstanceId,
         checked: &ServiceConfig,
         health: Health,
         result: &CheckResult,
+        took: Duration,
         maintenance_file: bool,
-    ) {
+    ) -> bool {
         {
             let mut inner = self.lock();
             let Some(e) = inner.instances.get_mut(id) else {
-                return;
+                return false;
             };
             if !e.service.same_address(checked) {
-                return;
+                return false;
             }
+            let passed = result.is_ok();
+            let reason = result.as_ref().err().map(ToString::to_string);
+            let at_unix_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
             e.health = health;
             e.maintenance_file = maintenance_file;
+            e.recent.push(RecentCheck {
+                passed,
+                at_unix_ms,
+                duration_ms: took.as_secs_f64() * 1000.0,
+                reason: reason.clone(),
+            });
             e.last = Some(LastCheck {
-                passed: result.is_ok(),
-                reason: result.as_ref().err().map(ToString::to_string),
-                at_unix_ms: SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
+                passed,
+                reason,
+                at_unix_ms,
             });
         }
         self.publish_desired();
+        true
     }
 
     pub fn health(&self, id: &InstanceId) -> Health {
@@ -262,23 +321,20 @@ impl Shared {
         inner
             .instances
             .iter()
-            .map(|((service, instance_id), e)| {
-                let reasons = maintenance_reasons(&inner, e);
-                InstanceStatus {
-                    service: service.clone(),
-                    instance_id: instance_id.clone(),
-                    host: e.service.host.clone(),
-                    port: e.service.port,
-                    key: e.key.clone(),
-                    healthy: e.health.healthy,
-                    maintenance: !reasons.is_empty(),
-                    maintenance_reasons: reasons,
-                    registered: inner.registered.contains(&e.key),
-                    last_check: e.last.clone(),
-                    consecutive_passes: e.health.passes,
-                    consecutive_failures: e.health.failures,
-                    lease: inner.lease,
-                }
+            .map(|(id, e)| status(&inner, id, e))
+            .collect()
+    }
+
+    /// Every instance with its counters, for `/metrics`.
+    pub fn counted(&self) -> Vec<CountedInstance> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .map(|(id, e)| CountedInstance {
+                status: status(&inner, id, e),
+                kinds: e.service.checks.iter().map(|c| c.kind()).collect(),
+                counters: e.counters.clone(),
             })
             .collect()
     }
@@ -303,6 +359,28 @@ impl Shared {
                 true
             }
         });
+    }
+}
+
+fn status(inner: &Inner, (service, instance_id): &InstanceId, e: &Entry) -> InstanceStatus {
+    let reasons = maintenance_reasons(inner, e);
+    InstanceStatus {
+        service: service.clone(),
+        instance_id: instance_id.clone(),
+        host: e.service.host.clone(),
+        port: e.service.port,
+        key: e.key.clone(),
+        healthy: e.health.healthy,
+        maintenance: !reasons.is_empty(),
+        maintenance_reasons: reasons,
+        registered: inner.registered.contains(&e.key),
+        last_check: e.last.clone(),
+        consecutive_passes: e.health.passes,
+        consecutive_failures: e.health.failures,
+        lease: inner.lease,
+        rise: e.service.rise,
+        fall: e.service.fall,
+        recent_checks: e.recent.to_vec(),
     }
 }
 
@@ -350,7 +428,70 @@ mod tests {
         } else {
             Err(crate::check::CheckError::CannotRun("down".into()))
         };
-        shared.report(&id, service, health, &result, false);
+        shared.report(&id, service, health, &result, Duration::ZERO, false);
+    }
+
+    #[test]
+    fn rounds_are_kept_for_status_with_rise_and_fall() {
+        let services = services(1);
+        let s = &services[0];
+        let shared = Shared::new("/p");
+        shared.upsert(s);
+        let id = (s.name.clone(), s.instance_id());
+        let failed = Err(crate::check::CheckError::CannotRun("down".into()));
+        let took = Duration::from_micros(1500);
+        assert!(shared.report(&id, s, Health::default(), &failed, took, false));
+        assert!(shared.report(&id, s, Health::default(), &Ok(()), took, false));
+        let status = &shared.statuses()[0];
+        assert_eq!((status.rise, status.fall), (s.rise, s.fall));
+        let recent = &status.recent_checks;
+        assert_eq!(recent.len(), 2, "{recent:?}");
+        assert_eq!(
+            (recent[0].passed, recent[0].reason.as_deref()),
+            (false, Some("down"))
+        );
+        assert_eq!(
+            (recent[1].passed, recent[1].reason.as_deref()),
+            (true, None)
+        );
+        assert!((recent[0].duration_ms - 1.5).abs() < 1e-9, "{recent:?}");
+        assert!(recent[0].at_unix_ms <= recent[1].at_unix_ms);
+        let last = status.last_check.as_ref().map(|l| l.at_unix_ms);
+        assert_eq!(last, Some(recent[1].at_unix_ms));
+    }
+
+    /// A reload that moves a healthy instance resets its health: that is a transition to
+    /// unhealthy, and the rounds it kept were those of the old address. A round against the
+    /// old address that finishes afterwards is not recorded.
+    #[test]
+    fn a_moved_instance_starts_over_and_counts_the_transition() {
+        let mut services = services(1);
+        // Named, so that the same instance can move.
+        services[0].instance_id = Some("i".into());
+        let s = &services[0];
+        let shared = Shared::new("/p");
+        let counters = shared.upsert(s).counters;
+        report(&shared, s, true);
+        let mut moved = s.clone();
+        moved.port += 1;
+        let upserted = shared.upsert(&moved);
+        assert!(upserted.moved);
+        assert!(Arc::ptr_eq(&upserted.counters, &counters), "counters kept");
+        assert_eq!(counters.transitions(false), 1);
+        let status = &shared.statuses()[0];
+        assert!(!status.healthy);
+        assert!(status.recent_checks.is_empty(), "{status:?}");
+        let id = (s.name.clone(), s.instance_id());
+        let healthy = Health {
+            healthy: true,
+            passes: 9,
+            failures: 0,
+        };
+        assert!(!shared.report(&id, s, healthy, &Ok(()), Duration::ZERO, false));
+        assert!(shared.statuses()[0].recent_checks.is_empty());
+        // Moving an unhealthy instance changes no health: no transition.
+        shared.upsert(s);
+        assert_eq!(counters.transitions(false), 1);
     }
 
     /// Health changes finishing together on several threads (one monitor task each) must

@@ -625,6 +625,7 @@ async fn a_reload_rejected_in_preparation_changes_nothing() {
         // Checks keep running: only what a reload could change is compared.
         for s in &mut v {
             s.last_check = None;
+            s.recent_checks.clear();
             s.consecutive_passes = 0;
         }
         v

@@ -16,9 +16,13 @@
 //! `request_timeout + dial_timeout` after the new grant; retried until etcd revokes them or
 //! says they are gone. While etcd does not answer, both tasks try again every 0.25-0.5 s
 //! (not the 5 s of other requests): the keeper is what notices etcd's return.
+//!
+//! How often keepalives failed and leases were lost is counted in [`LeaseCounters`], for a
+//! program's metrics.
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +73,29 @@ pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// How keeping leases went, for a program's metrics. A program that replaces its lease (a
+/// reload moving to other etcd settings) hands the same counters to the new one
+/// ([`Lease::start_counting`]), so the counts never go back.
+#[derive(Debug, Default)]
+pub struct LeaseCounters {
+    keepalive_failures: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl LeaseCounters {
+    /// Keepalives that got no answer: the stream could not be opened or broke, or etcd could
+    /// not be reached. Counted per attempt; the log says when a streak starts and ends.
+    pub fn keepalive_failures(&self) -> u64 {
+        self.keepalive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Leases given up because etcd no longer knew them or no keepalive got through for a
+    /// whole TTL (each followed by a new grant). A revoke on request is not a loss.
+    pub fn leases_lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
 /// Leases given up but possibly still alive in etcd, shared by the keeper (adds), the
 /// releaser (removes once revoked) and [`Lease::revoke`] (revokes what is left at the end).
 type Superseded = Arc<watch::Sender<BTreeSet<i64>>>;
@@ -89,9 +116,15 @@ pub struct LeaseHandle {
     lost: mpsc::UnboundedSender<i64>,
     settled: Arc<watch::Sender<Option<i64>>>,
     reconnected: watch::Receiver<u64>,
+    counters: Arc<LeaseCounters>,
 }
 
 impl LeaseHandle {
+    /// What the lease's tasks counted so far.
+    pub fn counters(&self) -> &LeaseCounters {
+        &self.counters
+    }
+
     /// A receiver of the lease id in force (`None` while there is none).
     pub fn subscribe(&self) -> watch::Receiver<Option<i64>> {
         self.current.clone()
@@ -133,6 +166,12 @@ impl Lease {
     /// in the background. Returns at once, also when etcd is down: the id is published as
     /// soon as a grant succeeds.
     pub fn start(etcd: Etcd, ttl: Duration) -> Lease {
+        Lease::start_counting(etcd, ttl, Arc::default())
+    }
+
+    /// [`Lease::start`], counting into `counters` (which may have counted for an earlier
+    /// lease of the same program).
+    pub fn start_counting(etcd: Etcd, ttl: Duration, counters: Arc<LeaseCounters>) -> Lease {
         let (current_tx, current_rx) = watch::channel(None);
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let (reconnected_tx, reconnected_rx) = watch::channel(0);
@@ -147,6 +186,7 @@ impl Lease {
             lost: lost_rx,
             reconnected: reconnected_tx,
             superseded: superseded.clone(),
+            counters: counters.clone(),
         };
         let config = etcd.config();
         let releaser = Releaser {
@@ -163,6 +203,7 @@ impl Lease {
                 lost: lost_tx,
                 settled,
                 reconnected: reconnected_rx,
+                counters,
             },
             tasks,
             etcd,
@@ -417,6 +458,7 @@ struct Keeper {
     lost: mpsc::UnboundedReceiver<i64>,
     reconnected: watch::Sender<u64>,
     superseded: Superseded,
+    counters: Arc<LeaseCounters>,
 }
 
 /// Why keeping a lease ended (the keeper is aborted to stop it).
@@ -431,6 +473,7 @@ impl Keeper {
             tracing::info!(lease = %LeaseId(id), ttl = ?self.ttl, "lease granted");
             self.current.send_replace(Some(id));
             let End::Lost(why) = self.keep(id).await;
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(lease = %LeaseId(id), reason = %why, "lease lost; granting a new one");
             // Lost in our view; etcd may still hold it (see the module documentation).
             self.superseded.send_modify(|s| {
@@ -488,7 +531,7 @@ impl Keeper {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(lease = %LeaseId(id), error = %e, "cannot connect for keepalive");
-                    note_failure(&mut failing, id, self.ttl);
+                    self.note_failure(&mut failing, id);
                     if let Some(end) = self.pause(&mut backoff, id).await {
                         return end;
                     }
@@ -504,7 +547,7 @@ impl Keeper {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(lease = %LeaseId(id), error = %e, "keepalive stream failed to open");
-                    note_failure(&mut failing, id, self.ttl);
+                    self.note_failure(&mut failing, id);
                     if is_transient(&e) {
                         self.etcd.failed(session.generation()).await;
                     }
@@ -514,7 +557,7 @@ impl Keeper {
                     continue;
                 }
                 Err(_) => {
-                    note_failure(&mut failing, id, self.ttl);
+                    self.note_failure(&mut failing, id);
                     self.etcd.failed(session.generation()).await;
                     if let Some(end) = self.pause(&mut backoff, id).await {
                         return end;
@@ -561,7 +604,7 @@ impl Keeper {
                         let answer = other.map(|r| r.map(|_| ()));
                         tracing::debug!(lease = %LeaseId(id), ?answer, "keepalive stream broke; reopening");
                         self.etcd.failed(session.generation()).await;
-                        note_failure(&mut failing, id, self.ttl);
+                        self.note_failure(&mut failing, id);
                         break;
                     }
                 }
@@ -569,6 +612,20 @@ impl Keeper {
                     break;
                 }
             }
+        }
+    }
+
+    /// Counts a failed keepalive; logs the start of a streak of them, once.
+    fn note_failure(&self, failing: &mut bool, id: i64) {
+        self.counters
+            .keepalive_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if !std::mem::replace(failing, true) {
+            tracing::warn!(
+                lease = %LeaseId(id),
+                ttl = ?self.ttl,
+                "lease keepalive failing; retrying on other etcd members until the TTL runs out"
+            );
         }
     }
 
@@ -580,17 +637,6 @@ impl Keeper {
                 (reported == id).then(|| End::Lost("a write said the lease is not found".into()))
             }
         }
-    }
-}
-
-/// Logs the start of a streak of keepalive failures, once.
-fn note_failure(failing: &mut bool, id: i64, ttl: Duration) {
-    if !std::mem::replace(failing, true) {
-        tracing::warn!(
-            lease = %LeaseId(id),
-            ?ttl,
-            "lease keepalive failing; retrying on other etcd members until the TTL runs out"
-        );
     }
 }
 

@@ -49,6 +49,8 @@ async fn a_lease_outlives_its_ttl_is_replaced_when_revoked_and_revokes_its_keys(
     server.etcdctl(&["lease", "revoke", &format!("{first:x}")]);
     let second = wait_for_lease(&mut rx, Some(first)).await;
     assert_ne!(first, second);
+    // The loss is counted before the next grant is published.
+    assert_eq!(lease.handle().counters().leases_lost(), 1);
 
     handle
         .retry("put", |mut c| async move {
@@ -96,6 +98,10 @@ async fn a_lease_given_up_during_an_outage_is_revoked_once_etcd_is_back() {
         .await
         .expect("the lease is given up after its TTL")
         .expect("keeper alive");
+    let counters = lease.handle();
+    let counters = counters.counters();
+    assert_eq!(counters.leases_lost(), 1);
+    assert!(counters.keepalive_failures() > 0);
     server.restart().await;
     let back = std::time::Instant::now();
     let second = wait_for_lease(&mut rx, Some(first)).await;

@@ -65,12 +65,15 @@ struct Scraped(Vec<Family>);
 
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        // A family without samples would have no type to take from them.
+        // The type is told by the samples: a family without any (per-instance series while
+        // there is no instance) could only be written as a gauge whatever it is, and
+        // carries nothing.
         for family in self.0.iter().filter(|f| !f.samples.is_empty()) {
             let kind = match family.samples.first() {
                 Some((_, Sample::Counter(_) | Sample::FloatCounter(_))) => MetricType::Counter,
                 Some((_, Sample::Histogram(_))) => MetricType::Histogram,
-                _ => MetricType::Gauge,
+                Some((_, Sample::Gauge(_))) => MetricType::Gauge,
+                None => continue,
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             for (labels, sample) in &family.samples {
@@ -133,5 +136,15 @@ mod tests {
         );
         assert!(text.contains("x_wait_seconds_count 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_family_without_samples_is_left_out() {
+        let text = render(vec![Family {
+            name: "x_checks",
+            help: "Checks.",
+            samples: Vec::new(),
+        }]);
+        assert!(!text.contains("x_checks"), "{text}");
     }
 }
