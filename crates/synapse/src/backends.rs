@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ejection::EjectionState;
 use crate::resolution::Resolution;
+use crate::slow_start;
 
 /// One routable instance as the registry (or the cache, or `default_servers`) describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub struct BackendState {
     drain: ArcSwap<CancellationToken>,
     /// [`now_ms`] when a draining backend was first seen without connections (0: not yet).
     drained_at: AtomicU64,
+    /// [`now_ms`] when it joined a set that had other backends, or came back to it
+    /// (0: it was there from the start): where slow start counts from.
+    joined_at: AtomicU64,
 }
 
 impl Default for BackendState {
@@ -80,6 +84,7 @@ impl Default for BackendState {
             resolution: Resolution::default(),
             drain: ArcSwap::from_pointee(CancellationToken::new()),
             drained_at: AtomicU64::new(0),
+            joined_at: AtomicU64::new(0),
         }
     }
 }
@@ -162,6 +167,25 @@ impl BackendState {
         self.drain.load().cancel();
     }
 
+    /// Since when it has been warming up ([`crate::slow_start`]) at `now`: the later of
+    /// joining the set and the end of its last ejection; 0 if neither happened.
+    pub fn warming_since(&self, now: u64) -> u64 {
+        let joined = self.joined_at.load(Ordering::Relaxed);
+        joined.max(self.ejection.ejection_ended_at(now))
+    }
+
+    /// Where it stands in its slow start at `now` with a window of `slow_start_ms` (0:
+    /// off): per mille of its share.
+    pub fn ramp(&self, now: u64, slow_start_ms: u64) -> u32 {
+        if slow_start_ms == 0 {
+            return slow_start::FULL;
+        }
+        match self.warming_since(now) {
+            0 => slow_start::FULL,
+            since => slow_start::ramp_permille(now.saturating_sub(since), slow_start_ms),
+        }
+    }
+
     /// It is back in the registry: connections are no longer cut, nor is it drained.
     pub fn revived(&self) {
         if self.drain.load().is_cancelled() {
@@ -235,13 +259,17 @@ pub enum SetEvent {
 /// they have connections. Duplicate endpoints keep their first spec. O(n) in the size of
 /// the two sets (hash lookups by endpoint), so a service of thousands of instances is
 /// rebuilt in milliseconds.
-pub fn update(old: &BackendSet, specs: Vec<BackendSpec>) -> (BackendSet, Vec<SetEvent>) {
+///
+/// A backend that joins (or comes back to) a set that has other backends is stamped with
+/// `now` for slow start; the first backends of a service are not: they share alike.
+pub fn update(old: &BackendSet, specs: Vec<BackendSpec>, now: u64) -> (BackendSet, Vec<SetEvent>) {
     let by_endpoint = |backends: &[Backend]| -> HashMap<(String, u16), Backend> {
         backends
             .iter()
             .map(|b| ((b.spec.host.clone(), b.spec.port), b.clone()))
             .collect()
     };
+    let joins_others = !old.active.is_empty();
     let mut old_active = by_endpoint(&old.active);
     let mut old_draining = by_endpoint(&old.draining);
     let mut events = Vec::new();
@@ -262,10 +290,17 @@ pub fn update(old: &BackendSet, specs: Vec<BackendSpec>) -> (BackendSet, Vec<Set
             b.state
         } else if let Some(b) = old_draining.remove(&endpoint) {
             events.push(SetEvent::Revived(spec.clone()));
+            if joins_others {
+                b.state.joined_at.store(now, Ordering::Relaxed);
+            }
             b.state
         } else {
             events.push(SetEvent::Added(spec.clone()));
-            Arc::new(BackendState::default())
+            let state = BackendState::default();
+            if joins_others {
+                state.joined_at.store(now, Ordering::Relaxed);
+            }
+            Arc::new(state)
         };
         active.push(Backend { spec, state });
     }
@@ -371,7 +406,7 @@ mod tests {
                 for (b, a) in set.active.iter().zip(&actives) {
                     b.state.active.store(*a, Ordering::Relaxed);
                 }
-                let (next, events) = update(&set, specs.clone());
+                let (next, events) = update(&set, specs.clone(), 1);
                 let mut expected: Vec<(String, u16)> = Vec::new();
                 for s in &specs {
                     if !expected.contains(&(s.host.clone(), s.port)) {
@@ -407,16 +442,16 @@ mod tests {
 
     #[test]
     fn a_draining_backend_that_returns_keeps_its_stats() {
-        let (set, _) = update(&BackendSet::default(), vec![spec("a", 1, 1)]);
+        let (set, _) = update(&BackendSet::default(), vec![spec("a", 1, 1)], 1);
         set.active[0].state.active.store(1, Ordering::Relaxed);
-        let (set2, events) = update(&set, vec![]);
+        let (set2, events) = update(&set, vec![], 1);
         assert_eq!(events, vec![SetEvent::Removed(spec("a", 1, 1))]);
         assert_eq!(set2.draining.len(), 1);
         assert!(prune(&set2, 10).is_none());
-        let (set3, events) = update(&set2, vec![spec("a2", 1, 5)]);
+        let (set3, events) = update(&set2, vec![spec("a2", 1, 5)], 1);
         assert_eq!(events, vec![SetEvent::Revived(spec("a2", 1, 5))]);
         assert!(Arc::ptr_eq(&set3.active[0].state, &set.active[0].state));
-        let (set4, _) = update(&set3, vec![]);
+        let (set4, _) = update(&set3, vec![], 1);
         set4.draining[0].state.active.store(0, Ordering::Relaxed);
         // Drained: still shown for a while, then forgotten.
         let shown = DRAINED_SHOWN_FOR.as_millis() as u64;

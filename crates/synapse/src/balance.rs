@@ -17,11 +17,15 @@
 use rand::Rng;
 
 use crate::config::Balance;
+use crate::slow_start::FULL;
 
 /// What a pick knows about one backend at this moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub weight: u32,
+    /// Per mille of its share it takes now: [`FULL`] unless it warms up
+    /// ([`crate::slow_start`]).
+    pub ramp: u32,
     pub ejected: bool,
     pub active: u64,
     /// In synapse's own zone.
@@ -284,12 +288,30 @@ pub fn pick_in<R: Rng>(
     pool: &mut Vec<usize>,
 ) -> Option<usize> {
     pool_into(candidates, tried, zone, pool);
-    match policy {
-        Balance::RoundRobin => pick_round_robin(schedule, pool, next_position),
+    let mut next_position = next_position;
+    let mut choose = |rng: &mut R| match policy {
+        Balance::RoundRobin => pick_round_robin(schedule, pool, &mut next_position),
         Balance::LeastConn => pick_least_conn(candidates, pool, rng),
         Balance::Random => pick_random(candidates, pool, rng),
+    };
+    // Slow start: a warming backend keeps a choice only with probability `ramp`, else the
+    // policy chooses again. Its share is then that of its weight scaled by `ramp` (exactly
+    // for round robin and random, whose choices are independent of the refusal), with no
+    // schedule rebuilt as it ramps. After a few refusals in a row (every backend warming)
+    // the last choice stands.
+    let mut chosen = choose(rng)?;
+    for _ in 0..RAMP_REDRAWS {
+        let ramp = candidates[chosen].ramp;
+        if ramp >= FULL || rng.random_range(0..FULL) < ramp {
+            break;
+        }
+        chosen = choose(rng)?;
     }
+    Some(chosen)
 }
+
+/// How often a pick is drawn again after a warming backend refused it.
+const RAMP_REDRAWS: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -301,6 +323,7 @@ mod tests {
     fn healthy(weight: u32) -> Candidate {
         Candidate {
             weight,
+            ramp: FULL,
             ejected: false,
             active: 0,
             local: false,
@@ -348,9 +371,11 @@ mod tests {
     }
 
     fn any_candidate() -> impl Strategy<Value = Candidate> {
-        (0u32..20, any::<bool>(), 0u64..5, any::<bool>()).prop_map(
-            |(weight, ejected, active, local)| Candidate {
+        let ramp = prop_oneof![Just(FULL), 100u32..=FULL];
+        (0u32..20, ramp, any::<bool>(), 0u64..5, any::<bool>()).prop_map(
+            |(weight, ramp, ejected, active, local)| Candidate {
                 weight,
+                ramp,
                 ejected,
                 active,
                 local,
@@ -514,6 +539,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Slow start: a backend at 10 % of its ramp, next to one of the same weight at full
+    /// share, gets about 10/110 of the picks under round robin and random (exact in
+    /// expectation), and a small share under least_conn too; at full ramp, half.
+    #[test]
+    fn a_warming_backend_gets_its_weight_scaled_by_its_ramp() {
+        let warming = Candidate {
+            ramp: crate::slow_start::START_PERMILLE,
+            ..healthy(100)
+        };
+        let n = 22_000;
+        for policy in [Balance::RoundRobin, Balance::Random, Balance::LeastConn] {
+            let got = counts(policy, &[warming, healthy(100)], None, n, 7);
+            let share = got[0] as f64 / n as f64;
+            let expected = 10.0 / 110.0;
+            assert!(
+                (share - expected).abs() < 0.02,
+                "{policy:?}: warming share {share:.3}, expected about {expected:.3}"
+            );
+            let full = Candidate {
+                ramp: FULL,
+                ..warming
+            };
+            let got = counts(policy, &[full, healthy(100)], None, n, 7);
+            let share = got[0] as f64 / n as f64;
+            assert!((share - 0.5).abs() < 0.02, "{policy:?}: {share:.3}");
+        }
+        // Every backend warming alike: they still share alike.
+        let got = counts(Balance::RoundRobin, &[warming, warming], None, 1000, 7);
+        assert!(got[0].abs_diff(got[1]) < 100, "{got:?}");
     }
 
     #[test]

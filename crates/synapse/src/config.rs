@@ -110,6 +110,10 @@ pub struct ServiceConfig {
     /// How long a connection that arrives before any backend set is known waits for one.
     #[serde(default = "default_startup_wait")]
     pub startup_wait: ConfigDuration,
+    /// How long a backend that joins (or is restored from ejection) takes to ramp up to
+    /// its full share of new connections; off when absent or 0.
+    #[serde(default)]
+    pub slow_start: Option<ConfigDuration>,
 }
 
 /// A fallback backend.
@@ -205,6 +209,7 @@ impl ServiceConfig {
             min_zone_backends: default_min_zone_backends(),
             default_servers: Vec::new(),
             startup_wait: default_startup_wait(),
+            slow_start: None,
         }
     }
 
@@ -259,6 +264,15 @@ impl ServiceConfig {
                     "must be at least 10ms",
                 ));
             }
+        }
+        if self
+            .slow_start
+            .is_some_and(|t| t.get() > Duration::from_secs(3600))
+        {
+            return Err(FieldError::new(
+                key("slow_start"),
+                "must be at most 1h: a backend would wait that long for its full share",
+            ));
         }
         for (j, s) in self.default_servers.iter().enumerate() {
             let key = |k: &str| format!("services[{i}].default_servers[{j}].{k}");
@@ -419,13 +433,14 @@ mod tests {
              \x20   retries: 1\n    retry_unanswered: true\n    eject_after: 2\n    ejection_time: 1s\n\
              \x20   max_ejection_percent: 30\n\
              \x20   drain_timeout: 5s\n    max_connections: 7\n    idle_timeout: 1m\n    min_zone_backends: 2\n\
-             \x20   startup_wait: 1s\n    default_servers: [{{host: 10.0.0.1, port: 80, weight: 5, zone: b}}]\n"
+             \x20   startup_wait: 1s\n    slow_start: 30s\n    default_servers: [{{host: 10.0.0.1, port: 80, weight: 5, zone: b}}]\n"
         ))
         .unwrap();
         let s = &c.services[0];
         assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(s.balance, Balance::LeastConn);
         assert!(s.retry_unanswered);
+        assert_eq!(s.slow_start.map(|t| t.get()), Some(Duration::from_secs(30)));
         assert_eq!(s.default_servers[0].weight, 5);
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9000");
         assert_eq!(c.registry_grace_period.get(), Duration::from_secs(30));
@@ -458,6 +473,7 @@ mod tests {
             (svc("    max_ejection_percent: 150\n"), "services[0].max_ejection_percent", "percentage"),
             (svc("    max_connections: 0\n"), "services[0].max_connections", "at least 1"),
             (svc("    idle_timeout: 1ms\n"), "services[0].idle_timeout", "at least"),
+            (svc("    slow_start: 2h\n"), "services[0].slow_start", "at most 1h"),
             (svc("    default_servers: [{host: h}]\n"), "services[0].default_servers[0]", "missing field `port`"),
             (svc("    default_servers: [{host: '', port: 1}]\n"), "services[0].default_servers[0].host", "not a host"),
             (svc("    default_servers: [{host: h, port: 0}]\n"), "services[0].default_servers[0].port", "1-65535"),

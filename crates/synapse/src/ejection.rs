@@ -78,6 +78,19 @@ impl EjectionState {
         self.ejected_until.load(Ordering::Relaxed) > now
     }
 
+    /// When its last ejection ended as of `now` (0: never ejected, or ejected still): also
+    /// an ejection whose time is up but that housekeeping has not ended yet.
+    pub fn ejection_ended_at(&self, now: u64) -> u64 {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0 && until <= now {
+            until
+        } else if until > now {
+            0
+        } else {
+            self.last_ejection_end.load(Ordering::Relaxed)
+        }
+    }
+
     /// Records a failed connect; `peers` are the ejection states of every routable backend
     /// of the service (this one included). Callers serialise calls per service.
     fn record_failure<'a>(
@@ -250,6 +263,27 @@ mod tests {
             prop_assert!(ejected * 100 <= total * pct as usize);
             prop_assert!((ejected + 1) * 100 > total * pct as usize);
         }
+    }
+
+    /// Slow start counts from the end of an ejection: also one whose time is up but that
+    /// housekeeping has not ended yet, never one still running.
+    #[test]
+    fn an_ejection_ends_when_its_time_is_up_or_a_connect_succeeds() {
+        let a = EjectionState::default();
+        let policy = EjectionPolicy {
+            eject_after: 1,
+            base: Duration::from_millis(100),
+            max_percent: 100,
+        };
+        assert_eq!(a.ejection_ended_at(5), 0);
+        a.record_failure([&a].into_iter(), policy, 10);
+        assert_eq!(a.ejection_ended_at(50), 0, "still ejected");
+        assert_eq!(a.ejection_ended_at(120), 110, "time up, not yet restored");
+        assert!(a.restore_if_expired(130));
+        assert_eq!(a.ejection_ended_at(140), 130);
+        a.record_failure([&a].into_iter(), policy, 200);
+        assert!(a.record_success(policy, 220));
+        assert_eq!(a.ejection_ended_at(230), 220);
     }
 
     #[test]

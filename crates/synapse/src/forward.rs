@@ -113,10 +113,17 @@ impl datapath::Meter for BytesMeter<'_> {
     }
 }
 
-fn candidates_into(set: &BackendSet, zone: Option<&str>, now: u64, out: &mut Vec<Candidate>) {
+fn candidates_into(
+    set: &BackendSet,
+    zone: Option<&str>,
+    now: u64,
+    slow_start_ms: u64,
+    out: &mut Vec<Candidate>,
+) {
     out.clear();
     out.extend(set.active.iter().map(|b| Candidate {
         weight: b.spec.weight,
+        ramp: b.state.ramp(now, slow_start_ms),
         ejected: b.state.is_ejected(now),
         active: b.state.active(),
         local: zone.is_some() && b.spec.zone.as_deref() == zone,
@@ -146,6 +153,8 @@ struct Knobs {
     idle_timeout: Option<Duration>,
     affinity: Option<ZoneAffinity>,
     policy: EjectionPolicy,
+    /// 0: off.
+    slow_start_ms: u64,
 }
 
 /// Chooses a backend among those not `tried` yet.
@@ -154,7 +163,8 @@ fn pick(service: &ServiceState, set: &BackendSet, knobs: &Knobs, tried: &[usize]
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let PickScratch { candidates, pool } = &mut *scratch;
-        candidates_into(set, zone.as_deref(), backends::now_ms(), candidates);
+        let now = backends::now_ms();
+        candidates_into(set, zone.as_deref(), now, knobs.slow_start_ms, candidates);
         balance::pick_in(
             knobs.balance,
             candidates,
@@ -299,6 +309,7 @@ pub async fn serve(service: &ServiceState, client: TcpStream) {
                 min_local: config.min_zone_backends,
             }),
             policy: EjectionPolicy::of(&config),
+            slow_start_ms: config.slow_start.map_or(0, |t| t.get().as_millis() as u64),
         }
     };
     // Held across the connect awaits (a failure is judged against this set), so a full

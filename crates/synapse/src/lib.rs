@@ -6,6 +6,7 @@
 //! Layout, one file per concept, bottom up: each module uses only those listed before it
 //! (no import circle), and pure logic stays apart from I/O so it can be tested as such.
 //! - [`config`]: the configuration file, its defaults and validation (errors name the key).
+//! - `slow_start`: the ramp of a new or restored backend's weight (pure).
 //! - `balance`: pure backend picks (smooth weighted round robin, power of two choices,
 //!   weighted random), zone affinity and the ejection panic fallback.
 //! - `resolution`: what is kept about a backend's DNS name (addresses, lookup times); data
@@ -71,6 +72,7 @@ mod replay;
 mod resolution;
 mod resolve;
 mod service;
+mod slow_start;
 mod state;
 mod traffic;
 

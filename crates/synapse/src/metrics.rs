@@ -261,6 +261,11 @@ fn backend_families(services: &Snapshot) -> Vec<Family> {
             per_backend(services, None, |b, _| gauge(b.weight)),
         ),
         family(
+            "synapse_backend_effective_weight",
+            "The weight new connections see now: lower while it warms up (slow_start).",
+            per_backend(services, None, |b, _| gauge(b.effective_weight)),
+        ),
+        family(
             "synapse_backend_up",
             "1 while the backend takes new connections (0 while ejected or draining).",
             per_backend(services, None, |b, _| {

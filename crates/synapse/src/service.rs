@@ -460,7 +460,8 @@ async fn rebuild(
         let unchanged = applied
             .as_ref()
             .is_some_and(|a| a.source == source && a.specs == specs);
-        let update = (!unchanged).then(|| backends::update(&old, specs.clone()));
+        let update =
+            (!unchanged).then(|| backends::update(&old, specs.clone(), backends::now_ms()));
         let previous_source = applied.map(|a| a.source);
         (
             Some(Applied {

@@ -27,6 +27,7 @@ use crate::config::ServiceConfig;
 use crate::ejection::Ejector;
 use crate::limit::Limit;
 use crate::resolution::is_name;
+use crate::slow_start;
 use crate::traffic::{Durations, Traffic, TrafficStatus};
 
 /// At most one warning per service per this period about connections that found no backend.
@@ -308,12 +309,17 @@ impl ServiceState {
         let config = self.config.load();
         let set = self.set.load();
         let now = now_ms();
+        let slow_start_ms = config.slow_start.map_or(0, |t| t.get().as_millis() as u64);
         let mut backends: Vec<BackendStatus> = set
             .active
             .iter()
-            .map(|b| BackendStatus::of(b, false, now))
+            .map(|b| BackendStatus::of(b, false, now, slow_start_ms))
             .collect();
-        backends.extend(set.draining.iter().map(|b| BackendStatus::of(b, true, now)));
+        backends.extend(
+            set.draining
+                .iter()
+                .map(|b| BackendStatus::of(b, true, now, slow_start_ms)),
+        );
         ServiceStatus {
             listen: self.listen_addr().to_string(),
             balance: config.balance.to_string(),
@@ -382,7 +388,11 @@ pub struct BackendStatus {
     pub id: String,
     pub host: String,
     pub port: u16,
+    /// The weight in the registry.
     pub weight: u32,
+    /// The weight new connections see now: lower while it warms up (`slow_start`), 0
+    /// once it has left the registry.
+    pub effective_weight: u32,
     pub zone: Option<String>,
     /// `healthy`, `ejected`, `draining` (left the registry, connections still open) or
     /// `drained` (left the registry, its last connection closed; shown for
@@ -400,8 +410,13 @@ pub struct BackendStatus {
 }
 
 impl BackendStatus {
-    fn of(b: &Backend, left_registry: bool, now: u64) -> Self {
+    fn of(b: &Backend, left_registry: bool, now: u64, slow_start_ms: u64) -> Self {
         let s = &b.state;
+        let effective_weight = if left_registry {
+            0
+        } else {
+            slow_start::effective_weight(b.spec.weight, s.ramp(now, slow_start_ms))
+        };
         let (bytes_to_backend, bytes_to_client) = s.bytes();
         let state = match (left_registry, s.active()) {
             (true, 0) => "drained",
@@ -414,6 +429,7 @@ impl BackendStatus {
             host: b.spec.host.clone(),
             port: b.spec.port,
             weight: b.spec.weight,
+            effective_weight,
             zone: b.spec.zone.clone(),
             state,
             active: s.active(),
