@@ -122,8 +122,14 @@ mod tests {
         );
         assert!(text.contains("x_up 1"), "{text}");
         assert!(text.contains("# TYPE x_wait_seconds histogram"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"), "{text}");
-        assert!(text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"0.01\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_wait_seconds_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("x_wait_seconds_count 3"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }

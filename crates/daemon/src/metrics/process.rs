@@ -13,27 +13,57 @@ pub fn families() -> Vec<Family> {
     let mut out = Vec::new();
     let stat = std::fs::read_to_string("/proc/self/stat").ok();
     let stat = stat.as_deref().and_then(parse_stat);
-    let tick = sysconf(SysconfVar::CLK_TCK).ok().flatten().filter(|t| *t > 0);
-    let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten().filter(|p| *p > 0);
+    let tick = sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0);
+    let page = sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .filter(|p| *p > 0);
     if let (Some(stat), Some(tick)) = (stat, tick) {
         let seconds = (stat.utime + stat.stime) as f64 / tick as f64;
-        out.push(one("process_cpu_seconds", "User and system CPU time spent.", Sample::FloatCounter(seconds)));
-        if let Some(boot) = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(boot_time) {
+        out.push(one(
+            "process_cpu_seconds",
+            "User and system CPU time spent.",
+            Sample::FloatCounter(seconds),
+        ));
+        if let Some(boot) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .as_deref()
+            .and_then(boot_time)
+        {
             let started = boot + stat.start_ticks / tick as u64;
-            out.push(one("process_start_time_seconds", "When the process started (Unix time).", gauge(started)));
+            out.push(one(
+                "process_start_time_seconds",
+                "When the process started (Unix time).",
+                gauge(started),
+            ));
         }
     }
     if let (Some(stat), Some(page)) = (stat, page) {
         let rss = stat.rss_pages.saturating_mul(page as u64);
-        out.push(one("process_resident_memory_bytes", "Resident memory size.", gauge(rss)));
+        out.push(one(
+            "process_resident_memory_bytes",
+            "Resident memory size.",
+            gauge(rss),
+        ));
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         // The directory handle itself is one of the entries.
         let open = fds.count().saturating_sub(1);
-        out.push(one("process_open_fds", "Open file descriptors.", gauge(open)));
+        out.push(one(
+            "process_open_fds",
+            "Open file descriptors.",
+            gauge(open),
+        ));
     }
     if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        out.push(one("process_max_fds", "The open file descriptor limit.", gauge(soft)));
+        out.push(one(
+            "process_max_fds",
+            "The open file descriptor limit.",
+            gauge(soft),
+        ));
     }
     out
 }
@@ -102,7 +132,10 @@ mod tests {
 
     #[test]
     fn the_boot_time_is_read_from_its_line() {
-        assert_eq!(boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 9\n"), Some(1_700_000_000));
+        assert_eq!(
+            boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1_700_000_000)
+        );
         assert_eq!(boot_time("cpu 1 2 3\n"), None);
     }
 
@@ -123,6 +156,9 @@ mod tests {
             .into_iter()
             .find(|f| f.name == "process_resident_memory_bytes")
             .and_then(|f| f.samples.first().map(|s| s.1.clone()));
-        assert!(matches!(rss, Some(Sample::Gauge(v)) if v > 1_000_000), "{rss:?}");
+        assert!(
+            matches!(rss, Some(Sample::Gauge(v)) if v > 1_000_000),
+            "{rss:?}"
+        );
     }
 }
