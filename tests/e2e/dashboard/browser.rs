@@ -133,8 +133,11 @@ impl Chromium {
                     Err(_) => format!("no DevTools endpoint within {START_DEADLINE:?}"),
                     _ => "it exited before opening its DevTools endpoint".into(),
                 };
-                let tail = said[said.len().saturating_sub(10)..].join("\n");
-                Err(format!("{} did not start: {why}\n{tail}", exe.display()))
+                let tail: String = said[said.len().saturating_sub(10)..]
+                    .iter()
+                    .map(|line| format!("\n{line}"))
+                    .collect();
+                Err(format!("{} did not start: {why}{tail}", exe.display()))
             }
         }
     }
