@@ -2,13 +2,15 @@
 # Installs what building and testing need on a Debian machine, only if missing:
 # protoc and the well-known .proto files it imports (etcd-client compiles .proto files at build
 # time; with --no-install-recommends, protobuf-compiler alone lacks google/protobuf/*.proto),
-# etcd and etcdctl (tests and the demo run a real etcd).
+# etcd and etcdctl (tests and the demo run a real etcd), and Chromium (the dashboard test drives
+# the pages in a real headless browser).
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 for extra in "$@"; do
   case "$extra" in
     *:*) pkg=${extra%%:*}; cmd=${extra#*:} ;;

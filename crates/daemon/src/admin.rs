@@ -4,9 +4,12 @@
 //! - `GET /health`: `ok` while the process serves requests (a liveness probe).
 //! - `GET /status`: the program's status document, as JSON.
 //! - `GET /metrics`: the program's metrics in the OpenMetrics text format, where it has any.
+//! - `GET /`: the program's live dashboard, where it has one ([`Routes::page`]), and the
+//!   assets it loads (`GET /assets/...`, [`crate::dashboard`]).
 //! - `POST /...`: the program's own routes ([`Routes::post`]).
 //!
-//! Every answer other than `/health` is JSON; mistakes get 404 or 405 with an `error`.
+//! Every answer other than `/health`, `/metrics` and the dashboard is JSON; mistakes get 404
+//! or 405 with an `error`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +25,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::dashboard::{self, Page};
 
 /// An answer: status code and JSON body.
 pub type Reply = (StatusCode, Value);
@@ -47,7 +52,12 @@ pub trait Routes: Send + Sync + 'static {
         None
     }
 
-    /// The routes, listed in a 404 answer.
+    /// The dashboard served at `GET /`; `None` where the program has none (404).
+    fn page(&self) -> Option<Page> {
+        None
+    }
+
+    /// The routes, listed in a 404 answer (the dashboard's are added to them).
     fn endpoints(&self) -> Vec<&'static str> {
         vec!["GET /health", "GET /status"]
     }
@@ -176,6 +186,21 @@ fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Byte
             return with_type(StatusCode::OK, OPENMETRICS, text.into_bytes());
         }
     }
+    if method == Method::GET {
+        if let Some(page) = routes.page() {
+            if let Some(file) = dashboard::file(&page, path) {
+                let mut response = with_type(StatusCode::OK, file.content_type, file.body.into());
+                let headers = response.headers_mut();
+                for (name, value) in dashboard::HEADERS {
+                    headers.insert(
+                        hyper::header::HeaderName::from_static(name),
+                        hyper::header::HeaderValue::from_static(value),
+                    );
+                }
+                return response;
+            }
+        }
+    }
     let (code, body) = match (method, segments.as_slice()) {
         (&Method::GET, ["health"]) => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, ["status"]) => (StatusCode::OK, routes.status()),
@@ -184,12 +209,21 @@ fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Byte
         (_, s) if routes.is_post(s) => wrong_method("POST"),
         _ => (
             StatusCode::NOT_FOUND,
-            json!({ "error": "not found", "endpoints": routes.endpoints() }),
+            json!({ "error": "not found", "endpoints": endpoints(routes) }),
         ),
     };
     let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
     body.push(b'\n');
     with_type(code, "application/json", body)
+}
+
+/// The program's routes and, where it has a dashboard, the dashboard's.
+fn endpoints(routes: &dyn Routes) -> Vec<&'static str> {
+    let mut all = routes.endpoints();
+    if routes.page().is_some() {
+        all.extend(dashboard::ENDPOINTS);
+    }
+    all
 }
 
 /// The content type Prometheus asks for and prometheus-client writes.
@@ -273,6 +307,87 @@ mod tests {
             Some(OPENMETRICS)
         );
         assert_eq!(code(Method::GET, "/metrics"), StatusCode::NOT_FOUND);
+    }
+
+    struct Shown;
+
+    const PAGE: Page = Page {
+        html: "<!DOCTYPE html><link rel=\"stylesheet\" href=\"assets/dashboard.css\">\
+               <script src=\"assets/dashboard.js\"></script>\
+               <script src=\"assets/page.js\"></script><a href=\"status\">status</a>",
+        script: "Dash.poll({});",
+    };
+
+    impl Routes for Shown {
+        fn status(&self) -> Value {
+            json!({})
+        }
+        fn page(&self) -> Option<Page> {
+            Some(PAGE)
+        }
+    }
+
+    fn content_type(response: &Response<Full<Bytes>>) -> Option<&str> {
+        let value = response.headers().get(hyper::header::CONTENT_TYPE);
+        value.and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn the_dashboard_is_served_at_the_root_with_every_file_it_references() {
+        let page = route(&Method::GET, "/", &Shown);
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(content_type(&page), Some("text/html; charset=utf-8"));
+        let policy = page.headers().get("content-security-policy");
+        let policy = policy.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(policy.contains("connect-src 'self'"), "{policy}");
+
+        for reference in dashboard::references(PAGE.html) {
+            let answer = route(&Method::GET, &format!("/{reference}"), &Shown);
+            assert_eq!(answer.status(), StatusCode::OK, "{reference}");
+            let wanted = match reference.rsplit_once('.').map(|(_, ext)| ext) {
+                Some("css") => "text/css; charset=utf-8",
+                Some("js") => "text/javascript; charset=utf-8",
+                _ => "application/json",
+            };
+            assert_eq!(content_type(&answer), Some(wanted), "{reference}");
+        }
+        assert_eq!(
+            code(Method::GET, "/"),
+            StatusCode::NOT_FOUND,
+            "a program without a page has none"
+        );
+        assert_eq!(
+            route(&Method::POST, "/", &Shown).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn a_404_lists_the_dashboard_where_there_is_one() {
+        let listed = |routes: &dyn Routes| {
+            let response = route(&Method::GET, "/nothing", routes);
+            assert_eq!(response.status(), StatusCode::NOT_FOUND);
+            let body = json_body(response);
+            let endpoints = body["endpoints"].as_array().cloned().unwrap_or_default();
+            endpoints.iter().any(|e| e == "GET /")
+        };
+        assert!(listed(&Shown));
+        assert!(!listed(&Switch));
+    }
+
+    /// The JSON body of an answer built in memory (a `Full` body is one ready frame).
+    fn json_body(response: Response<Full<Bytes>>) -> Value {
+        use http_body_util::BodyExt;
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|rt| rt.block_on(response.into_body().collect()));
+        let bytes = match collected {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(never)) => match never {},
+            Err(e) => panic!("runtime: {e}"),
+        };
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON: {e}"))
     }
 
     #[tokio::test]

@@ -9,8 +9,10 @@
 //! - [`run`]: [`Daemon`], what a program provides, and [`main`], which builds the runtime
 //!   and turns signals into the program's operations (SIGHUP: reload, the file parsed on
 //!   the blocking pool; SIGTERM/SIGINT: shut down).
-//! - [`admin`]: the loopback admin HTTP server (`GET /health`, `GET /status`, `GET /metrics`
-//!   and POST routes a program adds).
+//! - [`admin`]: the loopback admin HTTP server (`GET /health`, `GET /status`, `GET /metrics`,
+//!   `GET /` and POST routes a program adds).
+//! - [`dashboard`]: the live dashboard's files, compiled in: a program's page and the
+//!   stylesheet and script every page shares (`assets/`).
 //! - [`metrics`]: metric families read at scrape time, written as OpenMetrics text.
 //!
 //! Nothing here knows nerve, synapse or etcd; they depend on this crate, not the reverse.
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod dashboard;
 pub mod logging;
 pub mod metrics;
 pub mod run;

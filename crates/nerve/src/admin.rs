@@ -1,6 +1,7 @@
 //! nerve's routes on the shared admin server ([`daemon::admin`], loopback only):
 //!
 //! - `GET /health`: `ok`.
+//! - `GET /`: the live dashboard (`assets/dashboard.*`), which polls `/status`.
 //! - `GET /status`: JSON `{"lease": "hex id"|null, "etcd": {"reachable": bool},
 //!   "instances": [InstanceStatus...]}`.
 //! - `POST /services/{name}/disable` | `/enable`: maintenance for every instance of a service.
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use daemon::admin::{AdminServer, Reply, Routes};
+use daemon::dashboard::Page;
 use hyper::StatusCode;
 use registry::lease::LeaseId;
 use registry::Etcd;
@@ -35,6 +37,12 @@ pub async fn serve(
 ) -> std::io::Result<AdminServer> {
     AdminServer::bind(addr, Arc::new(NerveRoutes { shared, etcd })).await
 }
+
+/// The live dashboard at `GET /` (`assets/`: compiled in, nothing fetched from elsewhere).
+const PAGE: Page = Page {
+    html: include_str!("../assets/dashboard.html"),
+    script: include_str!("../assets/dashboard.js"),
+};
 
 struct NerveRoutes {
     shared: Arc<Shared>,
@@ -110,6 +118,10 @@ impl Routes for NerveRoutes {
         (StatusCode::OK, self.effective(service))
     }
 
+    fn page(&self) -> Option<Page> {
+        Some(PAGE)
+    }
+
     fn endpoints(&self) -> Vec<&'static str> {
         vec![
             "GET /health",
@@ -120,5 +132,23 @@ impl Routes for NerveRoutes {
             "POST /services/{name}/disable",
             "POST /services/{name}/enable",
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the page loads is compiled in; its links go to routes served here.
+    #[test]
+    fn the_page_references_only_what_this_server_serves() {
+        for reference in daemon::dashboard::references(PAGE.html) {
+            let served = daemon::dashboard::file(&PAGE, &format!("/{reference}")).is_some()
+                || ["status", "metrics"].contains(&reference);
+            assert!(
+                served,
+                "the page references {reference:?}, which is not served"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The admin HTTP server (loopback only), [`daemon::admin`]'s: `GET /status` returns the
 //! state of every service as JSON (see `docs/synapse.md` for the fields), `GET /metrics`
-//! the same in the OpenMetrics text format ([`crate::metrics`]), `GET /health` answers `ok`.
+//! the same in the OpenMetrics text format ([`crate::metrics`]), `GET /health` answers `ok`,
+//! `GET /` serves the live dashboard (`assets/dashboard.*`), which polls `/status`.
 //!
 //! It reads the same lock-free snapshots the forwarder uses, so a busy status poller
 //! never slows connections down.
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use daemon::admin::{AdminServer, Routes};
+use daemon::dashboard::Page;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -43,6 +45,12 @@ impl Admin {
     }
 }
 
+/// The live dashboard at `GET /` (`assets/`: compiled in, nothing fetched from elsewhere).
+const PAGE: Page = Page {
+    html: include_str!("../assets/dashboard.html"),
+    script: include_str!("../assets/dashboard.js"),
+};
+
 struct SynapseRoutes {
     snapshot: SnapshotFn,
     per_backend: Arc<AtomicBool>,
@@ -62,7 +70,29 @@ impl Routes for SynapseRoutes {
         ))
     }
 
+    fn page(&self) -> Option<Page> {
+        Some(PAGE)
+    }
+
     fn endpoints(&self) -> Vec<&'static str> {
         vec!["GET /health", "GET /status", "GET /metrics"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the page loads is compiled in; its links go to routes served here.
+    #[test]
+    fn the_page_references_only_what_this_server_serves() {
+        for reference in daemon::dashboard::references(PAGE.html) {
+            let served = daemon::dashboard::file(&PAGE, &format!("/{reference}")).is_some()
+                || ["status", "metrics"].contains(&reference);
+            assert!(
+                served,
+                "the page references {reference:?}, which is not served"
+            );
+        }
     }
 }
