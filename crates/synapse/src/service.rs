@@ -374,6 +374,11 @@ async fn follow(state: Arc<ServiceState>, sources: Sources) {
                 _ = state.recompute_wanted() => {}
                 _ = housekeeping.tick() => {
                     housekeep(&state);
+                    // etcd's confirmations without a change (progress notifications) do
+                    // not wake this loop; they are picked up here for the status page.
+                    if let Some(v) = views.borrow().as_ref() {
+                        state.note_synced(v.revision, v.last_sync);
+                    }
                     continue;
                 }
             }

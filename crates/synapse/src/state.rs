@@ -248,6 +248,15 @@ impl ServiceState {
         });
     }
 
+    /// etcd confirmed the view at `revision` at `at` without changing it: recorded for the
+    /// status page without waking the choice's subscribers.
+    pub fn note_synced(&self, revision: i64, at: SystemTime) {
+        self.chosen.send_if_modified(|c| {
+            c.synced = Some((revision, at));
+            false
+        });
+    }
+
     /// The follower's choices from now on (the current one first).
     pub fn subscribe_choice(&self) -> watch::Receiver<Chosen> {
         self.chosen.subscribe()

@@ -317,3 +317,33 @@ async fn a_reload_that_moves_or_removes_the_cache_file_reaches_every_running_ser
     }
     synapse.shutdown().await;
 }
+
+/// A quiet registry is still confirmed: etcd's progress notifications move
+/// `registry.last_sync_unix_ms` (and the revision) forward without any change to the
+/// service, so the status page's "synced N s ago" stays small while the watch is healthy.
+#[tokio::test]
+async fn a_quiet_watch_keeps_the_last_sync_time_moving() {
+    let etcd = EtcdServer::start().await;
+    let a = Backend::start("a").await;
+    register(&etcd, "web", "a", a.port());
+    let synapse = start(config(etcd.endpoint(), vec![service("web")])).await;
+    wait_backends(&synapse, "web", &[a.port()]).await;
+    let synced = || {
+        synapse
+            .status()
+            .get("web")
+            .and_then(|s| s.registry.last_sync_unix_ms)
+            .unwrap_or(0)
+    };
+    let first = synced();
+    assert!(first > 0);
+    // Another service's key moves etcd's revision without touching web.
+    register(&etcd, "other", "x", 1);
+    wait_until("a progress notification is recorded", DEADLINE, || async {
+        synced() >= first + 1_000
+    })
+    .await;
+    let revision = synapse.status().get("web").map(|s| s.registry.revision);
+    assert!(revision > Some(0), "{revision:?}");
+    synapse.shutdown().await;
+}
