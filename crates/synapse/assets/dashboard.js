@@ -114,7 +114,9 @@ function renderBackends(v, name, s, now) {
       h("td", { class: "mono" }, b.id),
       h("td", { class: "mono" }, address + resolved),
       h("td", {}, b.zone || DASH),
-      h("td", { class: "num" }, count(b.weight)),
+      h("td", { class: "num", title: "registry weight (effective weight while it warms up: slow_start)" },
+        b.effective_weight !== undefined && b.effective_weight !== b.weight && b.state === "healthy"
+          ? `${count(b.effective_weight)} / ${count(b.weight)}` : count(b.weight)),
       h("td", { class: "num" }, count(b.active)),
       h("td", { class: "num" }, rate(connRate)),
       h("td", { class: "num" }, count(b.total)),
