@@ -26,9 +26,7 @@ impl Backend {
 
     /// Starts a backend on `addr` (e.g. to come back on the port it had before).
     pub async fn start_on(name: &str, addr: &str) -> Self {
-        let listener = TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("backend {name} cannot bind {addr}: {e}"));
+        let listener = bind(name, addr).await;
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("local_addr: {e}"));
@@ -87,6 +85,25 @@ impl Drop for Backend {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+    }
+}
+
+/// Binds `addr`. A port given back a moment ago (a backend restarted on its port) can be
+/// taken meanwhile as the local port of an outgoing connection of a busy test: that
+/// connection is short, so the bind is retried for a while before the test fails.
+async fn bind(name: &str, addr: &str) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("backend {name} cannot bind {addr}: {e}"),
         }
     }
 }

@@ -36,15 +36,23 @@ pub trait Routes: Send + Sync + 'static {
     /// The `GET /status` document.
     fn status(&self) -> Value;
 
-    /// Whether `POST` to `segments` (the path split at `/`, without the empty first one)
-    /// is a route, so that another method there is answered 405 rather than 404.
-    fn is_post(&self, _segments: &[&str]) -> bool {
-        false
+    /// The method (`POST`, `PUT`) the program's own route at `segments` (the path split at
+    /// `/`, without the empty first one) takes, if it is one: another method there is
+    /// answered 405 rather than 404.
+    fn action_method(&self, _segments: &[&str]) -> Option<Method> {
+        None
     }
 
-    /// Carries out `POST` to `segments`; only called when [`Routes::is_post`] said yes.
-    fn post(&self, _segments: &[&str]) -> Reply {
+    /// Carries out a call to `segments` with the request's `body` (at most
+    /// [`MAX_BODY_BYTES`]); only called with the method [`Routes::action_method`] named.
+    fn act(&self, _segments: &[&str], _body: &[u8]) -> Reply {
         (StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+    }
+
+    /// Whether the program is ready for traffic (`GET /ready`: 200, else 503), with what
+    /// it is waiting for; `None` where the program has no such notion (404).
+    fn readiness(&self) -> Option<(bool, Value)> {
+        None
     }
 
     /// The `GET /metrics` text (OpenMetrics); `None` where the program has none (404).
@@ -158,7 +166,7 @@ async fn accept(listener: TcpListener, routes: Arc<dyn Routes>, stop: Cancellati
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let routes = routes.clone();
-                async move { Ok::<_, Infallible>(respond(&req, routes.as_ref())) }
+                async move { Ok::<_, Infallible>(respond(req, routes.as_ref()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -174,13 +182,47 @@ async fn accept(listener: TcpListener, routes: Arc<dyn Routes>, stop: Cancellati
     }
 }
 
-/// Routes one request.
-pub fn respond(req: &Request<Incoming>, routes: &dyn Routes) -> Response<Full<Bytes>> {
-    route(req.method(), req.uri().path(), routes)
+/// The largest request body the admin routes read (a weight, a small JSON object).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Routes one request, reading its body first where a program's route takes one.
+pub async fn respond(req: Request<Incoming>, routes: &dyn Routes) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let segments: Vec<&str> = segments(&path);
+    if routes.action_method(&segments).as_ref() != Some(&parts.method) {
+        return route(&parts.method, &path, &[], routes);
+    }
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => route(&parts.method, &path, &collected.to_bytes(), routes),
+        Err(e) => {
+            let (code, why) = if e.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )
+            };
+            json_reply(code, &json!({ "error": why }))
+        }
+    }
 }
 
-fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Bytes>> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+/// The path split at `/`, without the empty first segment and a trailing slash.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').skip(1).collect()
+}
+
+fn route(method: &Method, path: &str, body: &[u8], routes: &dyn Routes) -> Response<Full<Bytes>> {
+    let segments = segments(path);
     if method == Method::GET && segments == ["metrics"] {
         if let Some(text) = routes.metrics() {
             return with_type(StatusCode::OK, OPENMETRICS, text.into_bytes());
@@ -204,15 +246,28 @@ fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Byte
     let (code, body) = match (method, segments.as_slice()) {
         (&Method::GET, ["health"]) => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, ["status"]) => (StatusCode::OK, routes.status()),
-        (&Method::POST, s) if routes.is_post(s) => routes.post(s),
+        (&Method::GET, ["ready"]) if routes.readiness().is_some() => match routes.readiness() {
+            Some((true, detail)) => (StatusCode::OK, detail),
+            Some((false, detail)) => (StatusCode::SERVICE_UNAVAILABLE, detail),
+            None => (StatusCode::NOT_FOUND, json!({ "error": "not found" })),
+        },
+        (m, s) if routes.action_method(s).as_ref() == Some(m) => routes.act(s, body),
         (_, ["health" | "status"]) => wrong_method("GET"),
-        (_, s) if routes.is_post(s) => wrong_method("POST"),
+        (_, ["ready"]) if routes.readiness().is_some() => wrong_method("GET"),
+        (_, s) if routes.action_method(s).is_some() => {
+            let allowed = routes.action_method(s).unwrap_or(Method::POST);
+            wrong_method(allowed.as_str())
+        }
         _ => (
             StatusCode::NOT_FOUND,
             json!({ "error": "not found", "endpoints": endpoints(routes) }),
         ),
     };
-    let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    json_reply(code, &body)
+}
+
+fn json_reply(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(body).unwrap_or_default();
     body.push(b'\n');
     with_type(code, "application/json", body)
 }
@@ -260,12 +315,29 @@ mod tests {
         fn status(&self) -> Value {
             json!({ "on": true })
         }
-        fn is_post(&self, segments: &[&str]) -> bool {
-            segments == ["off"]
+        fn action_method(&self, segments: &[&str]) -> Option<Method> {
+            match segments {
+                ["off"] => Some(Method::POST),
+                ["level"] => Some(Method::PUT),
+                _ => None,
+            }
         }
-        fn post(&self, _: &[&str]) -> Reply {
-            (StatusCode::OK, json!({ "on": false }))
+        fn act(&self, segments: &[&str], body: &[u8]) -> Reply {
+            match segments {
+                ["level"] => (
+                    StatusCode::OK,
+                    json!({ "level": String::from_utf8_lossy(body) }),
+                ),
+                _ => (StatusCode::OK, json!({ "on": false })),
+            }
         }
+        fn readiness(&self) -> Option<(bool, Value)> {
+            Some((false, json!({ "waiting_for": ["x"] })))
+        }
+    }
+
+    fn route(method: &Method, path: &str, routes: &dyn Routes) -> Response<Full<Bytes>> {
+        super::route(method, path, &[], routes)
     }
 
     fn code(method: Method, path: &str) -> StatusCode {
@@ -284,6 +356,22 @@ mod tests {
         );
         assert_eq!(code(Method::GET, "/nothing"), StatusCode::NOT_FOUND);
         assert_eq!(code(Method::POST, "/nothing"), StatusCode::NOT_FOUND);
+        assert_eq!(code(Method::PUT, "/level"), StatusCode::OK);
+        assert_eq!(code(Method::POST, "/level"), StatusCode::METHOD_NOT_ALLOWED);
+        let level = super::route(&Method::PUT, "/level", b"5", &Switch);
+        assert_eq!(json_body(level)["level"], "5");
+    }
+
+    #[test]
+    fn ready_answers_503_until_the_program_is_ready_and_404_where_it_has_no_notion() {
+        let waiting = route(&Method::GET, "/ready", &Switch);
+        assert_eq!(waiting.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json_body(waiting)["waiting_for"][0], "x");
+        assert_eq!(code(Method::POST, "/ready"), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            route(&Method::GET, "/ready", &Counted).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     struct Counted;

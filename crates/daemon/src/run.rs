@@ -36,7 +36,16 @@ pub trait Daemon: Sized {
 
     /// Stops, doing whatever a clean exit means for the program.
     fn shutdown(self) -> impl Future<Output = ()>;
+
+    /// Whether the program is ready for traffic (what its `GET /ready` says). Polled after
+    /// start until true, then told to systemd (READY=1) once.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
+
+/// How often readiness is polled until it is reached.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The whole `main` of a daemon: parse the command line, then `--check-config` or run.
 pub fn main<D: Daemon>(about: About) -> ExitCode {
@@ -198,8 +207,16 @@ async fn serve<D: Daemon>(about: About, path: PathBuf, config: D::Config) -> Res
     let mut signals = Signals::install()?;
     let mut daemon = D::start(config).await?;
     let mut reloads = Reloads::<D>::new(path);
+    let mut ready_poll = Some(tokio::time::interval(READY_POLL));
     loop {
         tokio::select! {
+            _ = tick(&mut ready_poll) => {
+                if daemon.is_ready() {
+                    ready_poll = None;
+                    tracing::info!("{} is ready", about.name);
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                }
+            }
             signal = signals.next() => match signal {
                 Some(name) => {
                     tracing::info!("{name}: stopping {}", about.name);
@@ -210,6 +227,28 @@ async fn serve<D: Daemon>(about: About, path: PathBuf, config: D::Config) -> Res
             Some(config) = reloads.loaded() => daemon.reload(config).await,
         }
     }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     Ok(())
+}
+
+/// The next tick of `interval`; never, once it is gone.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) how the program stands;
+/// nothing anywhere else.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }

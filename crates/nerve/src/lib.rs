@@ -6,6 +6,8 @@
 //! - [`check`]: the `tcp`, `http` and `exec` checks; a check that cannot run is a failure.
 //! - [`health`]: rise/fall as a pure function.
 //! - [`monitor`]: one task per instance running its checks and reporting to [`state`].
+//! - [`switches`]: the admin API's maintenance switches and runtime weights, and how they
+//!   combine (pure).
 //! - [`state`]: what is known about every instance, and the one place deciding which
 //!   registrations should exist; [`history`]: the last rounds of checks it keeps for
 //!   `/status`.
@@ -34,6 +36,7 @@ mod monitor;
 mod registrar;
 mod reload;
 mod state;
+mod switches;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -141,6 +144,12 @@ fn start_registrar(
 }
 
 impl Nerve {
+    /// Ready for traffic: every instance has had its first round of checks and a lease
+    /// is held (what `GET /ready` says).
+    pub fn is_ready(&self) -> bool {
+        self.shared.waiting_for().is_empty()
+    }
+
     /// Starts checking, registering and (if configured) serving the admin API. Returns as
     /// soon as everything runs, also while etcd is unreachable: registration then happens
     /// when it comes back. Fails only if the admin address cannot be bound.

@@ -32,6 +32,10 @@ impl Daemon for Program {
         let _ = self.0.reload(config).await;
     }
 
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
     async fn shutdown(self) {
         tracing::info!("deregistering and exiting");
         self.0.shutdown().await;

@@ -18,6 +18,7 @@ use crate::config::{CheckKind, ServiceConfig};
 use crate::counters::{InstanceCounters, ProcessCounters};
 use crate::health::{Health, Transition};
 use crate::history::{RecentCheck, RecentChecks};
+use crate::switches::{Scope, Switches};
 
 /// (service, instance_id): how an instance is known across reloads.
 pub type InstanceId = (String, String);
@@ -33,10 +34,16 @@ pub struct InstanceStatus {
     pub host: String,
     pub port: u16,
     pub key: String,
+    /// The configured weight.
+    pub weight: u32,
+    /// The weight it is registered with: a runtime weight (`PUT .../weight`) while one
+    /// applies, else the configured one.
+    pub effective_weight: u32,
     pub healthy: bool,
     /// In maintenance for any reason (admin API or maintenance file).
     pub maintenance: bool,
-    /// Why, when in maintenance: `"admin: service"`, `"admin: all"`, `"file: PATH"`.
+    /// Why, when in maintenance: `"admin: all"`, `"admin: service"`, `"admin: instance"`,
+    /// `"file: PATH"`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub maintenance_reasons: Vec<String>,
     /// Whether nerve has written the key under the current lease (and not deleted it).
@@ -95,8 +102,7 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     instances: BTreeMap<InstanceId, Entry>,
-    disabled_all: bool,
-    disabled_services: BTreeSet<String>,
+    switches: Switches,
     /// Keys written under `lease`, as reported by the registrar.
     registered: BTreeSet<String>,
     lease: Option<i64>,
@@ -170,10 +176,22 @@ impl Shared {
     pub fn upsert(&self, service: &ServiceConfig) -> Upserted {
         let id = (service.name.clone(), service.instance_id());
         let key = self.key_of(service);
-        let record = service.record().to_json();
         let upserted = {
             let mut inner = self.lock();
-            match inner.instances.get_mut(&id) {
+            let Inner {
+                instances,
+                switches,
+                ..
+            } = &mut *inner;
+            if let Some(ended) = switches.reconfigured(&id, service.weight) {
+                tracing::info!(
+                    service = %id.0, instance = %id.1, runtime_weight = ended,
+                    weight = service.weight,
+                    "runtime weight dropped: the configured weight changed"
+                );
+            }
+            let record = record_of(service, switches.effective_weight(&id, service.weight));
+            match instances.get_mut(&id) {
                 Some(e) => {
                     let moved = !e.service.same_address(service);
                     if moved {
@@ -194,7 +212,7 @@ impl Shared {
                 }
                 None => {
                     let counters = Arc::new(InstanceCounters::default());
-                    inner.instances.insert(
+                    instances.insert(
                         id,
                         Entry {
                             service: service.clone(),
@@ -219,7 +237,11 @@ impl Shared {
     }
 
     pub fn remove(&self, id: &InstanceId) {
-        self.lock().instances.remove(id);
+        {
+            let mut inner = self.lock();
+            inner.instances.remove(id);
+            inner.switches.forget(id);
+        }
         self.publish_desired();
     }
 
@@ -277,32 +299,86 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// Puts `service` (or every service, for `None`) in or out of maintenance. Returns
-    /// false, changing nothing, for a service nerve does not run (most likely a typo).
-    pub fn set_disabled(&self, service: Option<&str>, disabled: bool) -> bool {
+    /// Puts what `scope` covers in or out of maintenance. Returns false, changing nothing,
+    /// for a service or instance nerve does not run (most likely a typo).
+    pub fn set_disabled(&self, scope: Scope<'_>, disabled: bool) -> bool {
         {
             let mut inner = self.lock();
-            if let Some(s) = service {
-                if !inner.instances.keys().any(|(name, _)| name == s) {
-                    return false;
-                }
-            }
-            let changed = match service {
-                None => std::mem::replace(&mut inner.disabled_all, disabled) != disabled,
-                Some(s) if disabled => inner.disabled_services.insert(s.to_owned()),
-                Some(s) => inner.disabled_services.remove(s),
+            let known = match scope {
+                Scope::All => true,
+                Scope::Service(s) => inner.instances.keys().any(|(name, _)| name == s),
+                Scope::Instance(id) => inner.instances.contains_key(id),
             };
-            if changed {
-                let scope = service.unwrap_or("all services");
+            if !known {
+                return false;
+            }
+            if inner.switches.set_disabled(scope, disabled) {
+                let scope = match scope {
+                    Scope::All => "all services".to_owned(),
+                    Scope::Service(s) => format!("service {s}"),
+                    Scope::Instance((s, i)) => format!("instance {s}/{i}"),
+                };
                 if disabled {
-                    tracing::info!(scope, "maintenance on (admin API): deregistering");
+                    tracing::info!(%scope, "maintenance on (admin API): deregistering");
                 } else {
-                    tracing::info!(scope, "maintenance off (admin API): back to health checks");
+                    tracing::info!(%scope, "maintenance off (admin API): back to health checks");
                 }
             }
         }
         self.publish_desired();
         true
+    }
+
+    /// Registers instance `id` with `weight` instead of its configured weight, until a
+    /// restart or a reload that changes the configured weight. False for an unknown id.
+    pub fn set_weight(&self, id: &InstanceId, weight: u32) -> bool {
+        {
+            let mut inner = self.lock();
+            let Inner {
+                instances,
+                switches,
+                ..
+            } = &mut *inner;
+            let Some(e) = instances.get_mut(id) else {
+                return false;
+            };
+            let previous = switches.set_weight(id, weight, e.service.weight);
+            e.record = record_of(&e.service, weight);
+            if previous != Some(weight) {
+                tracing::info!(
+                    service = %id.0, instance = %id.1, weight,
+                    configured = e.service.weight, "runtime weight set (admin API)"
+                );
+            }
+        }
+        self.publish_desired();
+        true
+    }
+
+    /// The instances whose id is `instance_id`, of `service` only when given.
+    pub fn find(&self, service: Option<&str>, instance_id: &str) -> Vec<InstanceId> {
+        self.lock()
+            .instances
+            .keys()
+            .filter(|(s, i)| i == instance_id && service.is_none_or(|name| s == name))
+            .cloned()
+            .collect()
+    }
+
+    /// What nerve waits for before it is ready (`GET /ready`, systemd's READY=1): every
+    /// instance's first round of checks, and a lease. Empty once ready.
+    pub fn waiting_for(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut waiting: Vec<String> = inner
+            .instances
+            .iter()
+            .filter(|(_, e)| e.last.is_none())
+            .map(|((service, id), _)| format!("first checks of {service}/{id}"))
+            .collect();
+        if inner.lease.is_none() {
+            waiting.push("a lease from etcd".to_owned());
+        }
+        waiting
     }
 
     pub fn lease(&self) -> Option<i64> {
@@ -344,9 +420,9 @@ impl Shared {
         let inner = self.lock();
         let desired: Desired = inner
             .instances
-            .values()
-            .filter(|e| e.health.healthy && maintenance_reasons(&inner, e).is_empty())
-            .map(|e| (e.key.clone(), e.record.clone()))
+            .iter()
+            .filter(|(id, e)| e.health.healthy && maintenance_reasons(&inner, id, e).is_empty())
+            .map(|(_, e)| (e.key.clone(), e.record.clone()))
             .collect();
         // Sent while still holding the lock: two changes finishing together then publish in
         // the order they computed, so an older set can never overwrite a newer one. (Lock
@@ -363,13 +439,17 @@ impl Shared {
 }
 
 fn status(inner: &Inner, (service, instance_id): &InstanceId, e: &Entry) -> InstanceStatus {
-    let reasons = maintenance_reasons(inner, e);
+    let reasons = maintenance_reasons(inner, &(service.clone(), instance_id.clone()), e);
     InstanceStatus {
         service: service.clone(),
         instance_id: instance_id.clone(),
         host: e.service.host.clone(),
         port: e.service.port,
         key: e.key.clone(),
+        weight: e.service.weight,
+        effective_weight: inner
+            .switches
+            .effective_weight(&(service.clone(), instance_id.clone()), e.service.weight),
         healthy: e.health.healthy,
         maintenance: !reasons.is_empty(),
         maintenance_reasons: reasons,
@@ -384,14 +464,15 @@ fn status(inner: &Inner, (service, instance_id): &InstanceId, e: &Entry) -> Inst
     }
 }
 
-fn maintenance_reasons(inner: &Inner, e: &Entry) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if inner.disabled_all {
-        reasons.push("admin: all".to_owned());
-    }
-    if inner.disabled_services.contains(&e.service.name) {
-        reasons.push("admin: service".to_owned());
-    }
+/// The registration record of `service` with `weight`.
+fn record_of(service: &ServiceConfig, weight: u32) -> String {
+    let mut record = service.record();
+    record.weight = weight;
+    record.to_json()
+}
+
+fn maintenance_reasons(inner: &Inner, id: &InstanceId, e: &Entry) -> Vec<String> {
+    let mut reasons = inner.switches.held_by(id);
     if e.maintenance_file {
         if let Some(p) = &e.service.maintenance_file {
             reasons.push(format!("file: {}", p.display()));

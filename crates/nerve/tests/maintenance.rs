@@ -372,3 +372,120 @@ async fn metrics_follow_health_registration_and_maintenance() {
     .await;
     nerve.shutdown().await;
 }
+
+/// The per-instance API: one instance of two out and back, a runtime weight written into
+/// its registration and shown in `/status`, and every mistake answered with what is wrong
+/// (unknown id, an id two services share, a bad weight, a wrong method).
+#[tokio::test]
+async fn one_instance_is_switched_and_weighted_through_the_api() {
+    init_logs();
+    let etcd = EtcdServer::start().await;
+    let b = Backend::start("b").await;
+    let endpoints = vec![etcd.endpoint()];
+    let c = client(&endpoints).await;
+    let services = format!(
+        "{}{}{}",
+        tcp_service("web", "web-a", b.port()),
+        tcp_service("web", "web-b", b.port()),
+        tcp_service("api", "web-a", b.port())
+    );
+    let nerve = Nerve::start(config(&endpoints, "admin: 127.0.0.1:0", &services))
+        .await
+        .unwrap();
+    let admin = nerve.admin_addr().unwrap();
+    for (service, id) in [("web", "web-a"), ("web", "web-b"), ("api", "web-a")] {
+        wait_registered(&c, &key(service, id)).await;
+    }
+    let call = |method: &'static str, path: &'static str, body: &'static str| async move {
+        let reply = testkit::admin::request(admin, method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", reply.body));
+        (reply.status, json)
+    };
+
+    // web-b alone, by its id.
+    let (code, body) = call("POST", "/instances/web-b/disable", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["instances"][0]["held_by"],
+        serde_json::json!(["admin: instance"])
+    );
+    testkit::wait_until("web-b out, web-a in", Duration::from_secs(2), || async {
+        !exists(&c, &key("web", "web-b")).await && exists(&c, &key("web", "web-a")).await
+    })
+    .await;
+    // The service's switch and the instance's stack.
+    call("POST", "/services/web/disable", "").await;
+    let (_, body) = call("POST", "/services/web/enable", "").await;
+    let b_entry = body["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["id"] == "web-b").cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        b_entry["held_by"],
+        serde_json::json!(["admin: instance"]),
+        "{body}"
+    );
+    call("POST", "/instances/web-b/enable", "").await;
+    wait_registered(&c, &key("web", "web-b")).await;
+
+    // web-a is ambiguous (web and api); named through its service it is not.
+    let (code, body) = call("PUT", "/instances/web-a/weight", "5").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/services/{name}"),
+        "{body}"
+    );
+    let (code, body) = call("PUT", "/services/web/instances/web-a/weight", "5").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["instances"][0]["effective_weight"], 5, "{body}");
+    testkit::wait_until(
+        "the registration carries weight 5",
+        Duration::from_secs(2),
+        || async {
+            get(&c, &key("web", "web-a"))
+                .await
+                .is_some_and(|s| s.value.contains("\"weight\":5"))
+        },
+    )
+    .await;
+    let status = status_of(admin, "web", "web-a").await;
+    assert_eq!(
+        (status["weight"].clone(), status["effective_weight"].clone()),
+        (100.into(), 5.into())
+    );
+    let other = get(&c, &key("api", "web-a"))
+        .await
+        .map(|s| s.value)
+        .unwrap_or_default();
+    assert!(
+        other.contains("\"weight\":100"),
+        "api/web-a kept its weight: {other}"
+    );
+
+    // Mistakes.
+    for (method, path, body, code, says) in [
+        ("POST", "/instances/nope/disable", "", 404, "no instance"),
+        (
+            "PUT",
+            "/instances/web-b/weight",
+            "lots",
+            400,
+            "whole number",
+        ),
+        ("PUT", "/instances/web-b/weight", "", 400, "empty"),
+        ("POST", "/instances/web-b/weight", "5", 405, "PUT"),
+        ("GET", "/instances/web-b/disable", "", 405, "POST"),
+    ] {
+        let (got, answer) = call(method, path, body).await;
+        assert_eq!(got, code, "{method} {path}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{method} {path}: {error}");
+    }
+    nerve.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! The admin HTTP server (loopback only), [`daemon::admin`]'s: `GET /status` returns the
 //! state of every service as JSON (see `docs/synapse.md` for the fields), `GET /metrics`
 //! the same in the OpenMetrics text format ([`crate::metrics`]), `GET /health` answers `ok`,
+//! `GET /ready` 200 once every service has a backend set (503 listing those still waiting),
 //! `GET /` serves the live dashboard (`assets/dashboard.*`), which polls `/status`.
 //!
 //! It reads the same lock-free snapshots the forwarder uses, so a busy status poller
@@ -70,12 +71,27 @@ impl Routes for SynapseRoutes {
         ))
     }
 
+    /// Ready once every configured service has a backend set (from etcd, the cache file or
+    /// `default_servers`).
+    fn readiness(&self) -> Option<(bool, Value)> {
+        let waiting: Vec<String> = (self.snapshot)()
+            .into_iter()
+            .filter(|(_, s)| !s.ready)
+            .map(|(name, _)| name)
+            .collect();
+        let ready = waiting.is_empty();
+        Some((
+            ready,
+            serde_json::json!({ "ready": ready, "waiting_for": waiting }),
+        ))
+    }
+
     fn page(&self) -> Option<Page> {
         Some(PAGE)
     }
 
     fn endpoints(&self) -> Vec<&'static str> {
-        vec!["GET /health", "GET /status", "GET /metrics"]
+        vec!["GET /health", "GET /status", "GET /metrics", "GET /ready"]
     }
 }
 

@@ -354,6 +354,12 @@ impl Synapse {
     }
 
     /// The state of every service, as `GET /status` shows it.
+    /// Ready for traffic: every service has a backend set, from etcd, the cache file or
+    /// `default_servers` (what `GET /ready` says).
+    pub fn is_ready(&self) -> bool {
+        self.services.load().values().all(|s| s.is_ready())
+    }
+
     pub fn status(&self) -> BTreeMap<String, ServiceStatus> {
         self.services
             .load()

@@ -47,6 +47,10 @@ impl Daemon for Program {
         }
     }
 
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
     async fn shutdown(self) {
         tracing::info!("stopping: no longer accepting connections");
         let report = self.0.shutdown().await;
