@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::ejection::EjectionState;
+use crate::latency::PeakEwma;
 use crate::resolution::Resolution;
 use crate::slow_start;
 
@@ -61,6 +62,8 @@ pub struct BackendState {
     ejection: EjectionState,
     /// Its DNS name's addresses (unused for an IP literal).
     resolution: Resolution,
+    /// Its response time (http mode).
+    latency: PeakEwma,
     /// Cancelled when the backend has drained for `drain_timeout`; connections watch it.
     /// Replaced by a fresh token when a draining backend returns.
     drain: ArcSwap<CancellationToken>,
@@ -82,6 +85,7 @@ impl Default for BackendState {
             bytes_to_client: AtomicU64::new(0),
             ejection: EjectionState::default(),
             resolution: Resolution::default(),
+            latency: PeakEwma::default(),
             drain: ArcSwap::from_pointee(CancellationToken::new()),
             drained_at: AtomicU64::new(0),
             joined_at: AtomicU64::new(0),
@@ -96,6 +100,11 @@ impl BackendState {
 
     pub fn ejection(&self) -> &EjectionState {
         &self.ejection
+    }
+
+    /// Its peak-EWMA response time (http mode).
+    pub fn latency(&self) -> &PeakEwma {
+        &self.latency
     }
 
     pub fn resolution(&self) -> &Resolution {

@@ -27,7 +27,10 @@ pub struct Candidate {
     /// ([`crate::slow_start`]).
     pub ramp: u32,
     pub ejected: bool,
+    /// Connections (tcp mode) or requests in flight (http mode).
     pub active: u64,
+    /// Peak-EWMA response time in nanoseconds (http mode; see [`crate::latency`]).
+    pub latency: u64,
     /// In synapse's own zone.
     pub local: bool,
 }
@@ -233,6 +236,44 @@ pub fn pick_least_conn<R: Rng>(
     }
 }
 
+/// Power of two choices on peak-EWMA latency times (requests in flight + 1), per unit of
+/// weight: a slow backend, or one with a queue, loses most draws at once.
+pub fn pick_peak_ewma<R: Rng>(
+    candidates: &[Candidate],
+    pool: &[usize],
+    rng: &mut R,
+) -> Option<usize> {
+    let (a, b) = two_of(pool, rng)?;
+    let cost =
+        |c: &Candidate| c.latency as f64 * (c.active as f64 + 1.0) / f64::from(c.weight.max(1));
+    let (ca, cb) = (cost(&candidates[a]), cost(&candidates[b]));
+    Some(if ca < cb {
+        a
+    } else if cb < ca {
+        b
+    } else if rng.random_bool(0.5) {
+        a
+    } else {
+        b
+    })
+}
+
+/// Two distinct random members of `pool` (the same one twice when it has one member).
+fn two_of<R: Rng>(pool: &[usize], rng: &mut R) -> Option<(usize, usize)> {
+    match pool.len() {
+        0 => None,
+        1 => Some((pool[0], pool[0])),
+        n => {
+            let a = pool[rng.random_range(0..n)];
+            let mut b = pool[rng.random_range(0..n - 1)];
+            if b == a {
+                b = pool[n - 1];
+            }
+            Some((a, b))
+        }
+    }
+}
+
 /// Weighted random within the pool.
 pub fn pick_random<R: Rng>(candidates: &[Candidate], pool: &[usize], rng: &mut R) -> Option<usize> {
     let total: u64 = pool.iter().map(|&i| u64::from(candidates[i].weight)).sum();
@@ -291,7 +332,8 @@ pub fn pick_in<R: Rng>(
     let mut next_position = next_position;
     let mut choose = |rng: &mut R| match policy {
         Balance::RoundRobin => pick_round_robin(schedule, pool, &mut next_position),
-        Balance::LeastConn => pick_least_conn(candidates, pool, rng),
+        Balance::LeastConn | Balance::LeastRequest => pick_least_conn(candidates, pool, rng),
+        Balance::PeakEwma => pick_peak_ewma(candidates, pool, rng),
         Balance::Random => pick_random(candidates, pool, rng),
     };
     // Slow start: a warming backend keeps a choice only with probability `ramp`, else the
@@ -326,6 +368,7 @@ mod tests {
             ramp: FULL,
             ejected: false,
             active: 0,
+            latency: 1_000_000,
             local: false,
         }
     }
@@ -366,7 +409,9 @@ mod tests {
         prop_oneof![
             Just(Balance::RoundRobin),
             Just(Balance::LeastConn),
-            Just(Balance::Random)
+            Just(Balance::Random),
+            Just(Balance::PeakEwma),
+            Just(Balance::LeastRequest)
         ]
     }
 
@@ -378,6 +423,7 @@ mod tests {
                 ramp,
                 ejected,
                 active,
+                latency: 1_000_000,
                 local,
             },
         )
@@ -539,6 +585,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Peak EWMA: a backend answering in 1 s next to nine answering in 5 ms gets nothing
+    /// (p2c always draws two distinct backends, and it loses to any fast one), and a busy
+    /// one loses to an idle one of the same latency.
+    #[test]
+    fn peak_ewma_avoids_the_slow_and_the_busy() {
+        let fast = Candidate {
+            latency: 5_000_000,
+            ..healthy(100)
+        };
+        let slow = Candidate {
+            latency: 1_000_000_000,
+            ..fast
+        };
+        let mut cands = vec![fast; 9];
+        cands.push(slow);
+        let got = counts(Balance::PeakEwma, &cands, None, 10_000, 3);
+        assert_eq!(got[9], 0, "{got:?}");
+        let busy = Candidate { active: 5, ..fast };
+        let got = counts(Balance::PeakEwma, &[busy, fast], None, 1_000, 3);
+        assert_eq!(got[0], 0, "{got:?}");
     }
 
     /// Slow start: a backend at 10 % of its ramp, next to one of the same weight at full

@@ -72,8 +72,13 @@ pub struct ServiceConfig {
     pub name: String,
     /// `127.0.0.1:3000`, or a bare port (`3000`) meaning loopback.
     pub listen: ListenAddr,
+    /// `tcp`: each connection goes to one backend. `http`: each request does.
     #[serde(default)]
-    pub balance: Balance,
+    pub mode: Mode,
+    /// How a backend is picked; by default `round_robin` in tcp mode, `peak_ewma` in http
+    /// mode ([`ServiceConfig::balance`]).
+    #[serde(default, rename = "balance")]
+    pub balance_choice: Option<Balance>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
     /// How many other backends to try after a failed connect.
@@ -114,6 +119,39 @@ pub struct ServiceConfig {
     /// its full share of new connections; off when absent or 0.
     #[serde(default)]
     pub slow_start: Option<ConfigDuration>,
+    /// http mode: the protocol spoken to backends.
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// http mode: response statuses that are retried on another backend (besides
+    /// connection failures), e.g. `[502, 503, 504]`.
+    #[serde(default)]
+    pub retry_on: Vec<u16>,
+    /// http mode: the longest a whole request may take, retries included; none if absent.
+    #[serde(default)]
+    pub request_timeout: Option<ConfigDuration>,
+    /// http mode: the longest one attempt may wait for its response headers.
+    #[serde(default)]
+    pub per_try_timeout: Option<ConfigDuration>,
+}
+
+/// Whether a service forwards connections or requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// The protocol http mode speaks to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 to a backend for HTTP/1.1 clients, HTTP/2 (h2c) for HTTP/2 clients.
+    #[default]
+    SameAsClient,
+    Http1,
+    H2,
 }
 
 /// A fallback backend.
@@ -139,6 +177,11 @@ pub enum Balance {
     LeastConn,
     /// Weighted random.
     Random,
+    /// http mode: power of two choices on each backend's peak-EWMA response time times its
+    /// requests in flight (plus one).
+    PeakEwma,
+    /// http mode: power of two choices on requests in flight.
+    LeastRequest,
 }
 
 impl fmt::Display for Balance {
@@ -147,6 +190,8 @@ impl fmt::Display for Balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastConn => "least_conn",
             Balance::Random => "random",
+            Balance::PeakEwma => "peak_ewma",
+            Balance::LeastRequest => "least_request",
         })
     }
 }
@@ -196,7 +241,8 @@ impl ServiceConfig {
         ServiceConfig {
             name: name.to_owned(),
             listen: ListenAddr(listen),
-            balance: Balance::default(),
+            mode: Mode::Tcp,
+            balance_choice: None,
             connect_timeout: default_connect_timeout(),
             retries: default_retries(),
             retry_unanswered: false,
@@ -210,7 +256,56 @@ impl ServiceConfig {
             default_servers: Vec::new(),
             startup_wait: default_startup_wait(),
             slow_start: None,
+            upstream_protocol: UpstreamProtocol::default(),
+            retry_on: Vec::new(),
+            request_timeout: None,
+            per_try_timeout: None,
         }
+    }
+
+    /// How a backend is picked: the configured `balance`, else the mode's default.
+    pub fn balance(&self) -> Balance {
+        self.balance_choice.unwrap_or(match self.mode {
+            Mode::Tcp => Balance::RoundRobin,
+            Mode::Http => Balance::PeakEwma,
+        })
+    }
+
+    /// The http-mode keys: only with `mode: http`, and sensible there.
+    fn validate_http(&self, key: &dyn Fn(&str) -> String) -> Result<(), FieldError> {
+        if self.mode == Mode::Tcp {
+            if let Some(b @ (Balance::PeakEwma | Balance::LeastRequest)) = self.balance_choice {
+                return Err(FieldError::new(
+                    key("balance"),
+                    format!(
+                        "{b} balances requests: it needs `mode: http` (tcp mode has least_conn)"
+                    ),
+                ));
+            }
+            for (k, set) in [
+                ("retry_on", !self.retry_on.is_empty()),
+                ("request_timeout", self.request_timeout.is_some()),
+                ("per_try_timeout", self.per_try_timeout.is_some()),
+                (
+                    "upstream_protocol",
+                    self.upstream_protocol != UpstreamProtocol::default(),
+                ),
+            ] {
+                if set {
+                    return Err(FieldError::new(
+                        key(k),
+                        "applies to requests: it needs `mode: http`",
+                    ));
+                }
+            }
+        }
+        if let Some(bad) = self.retry_on.iter().find(|s| !(500..=599).contains(*s)) {
+            return Err(FieldError::new(
+                key("retry_on"),
+                format!("{bad} is not a 5xx status: only server errors are retried"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self, i: usize) -> Result<(), FieldError> {
@@ -265,6 +360,7 @@ impl ServiceConfig {
                 ));
             }
         }
+        self.validate_http(&key)?;
         if self
             .slow_start
             .is_some_and(|t| t.get() > Duration::from_secs(3600))
@@ -411,7 +507,7 @@ mod tests {
             s,
             &ServiceConfig::new("web", "127.0.0.1:3000".parse().unwrap())
         );
-        assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!(s.balance(), Balance::RoundRobin);
         assert_eq!(s.connect_timeout.get(), Duration::from_secs(1));
         assert_eq!(s.retries, 2);
         assert!(!s.retry_unanswered);
@@ -438,7 +534,7 @@ mod tests {
         .unwrap();
         let s = &c.services[0];
         assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
-        assert_eq!(s.balance, Balance::LeastConn);
+        assert_eq!(s.balance(), Balance::LeastConn);
         assert!(s.retry_unanswered);
         assert_eq!(s.slow_start.map(|t| t.get()), Some(Duration::from_secs(30)));
         assert_eq!(s.default_servers[0].weight, 5);
@@ -451,7 +547,7 @@ mod tests {
                 "services": [{"name": "db", "listen": "127.0.0.1:5432", "balance": "random"}]}"#,
         )
         .unwrap();
-        assert_eq!(j.services[0].balance, Balance::Random);
+        assert_eq!(j.services[0].balance(), Balance::Random);
     }
 
     #[test]
@@ -474,6 +570,10 @@ mod tests {
             (svc("    max_connections: 0\n"), "services[0].max_connections", "at least 1"),
             (svc("    idle_timeout: 1ms\n"), "services[0].idle_timeout", "at least"),
             (svc("    slow_start: 2h\n"), "services[0].slow_start", "at most 1h"),
+            (svc("    balance: peak_ewma\n"), "services[0].balance", "needs `mode: http`"),
+            (svc("    retry_on: [503]\n"), "services[0].retry_on", "needs `mode: http`"),
+            (svc("    mode: http\n    retry_on: [404]\n"), "services[0].retry_on", "not a 5xx"),
+            (svc("    mode: udp\n"), "services[0].mode", "unknown variant"),
             (svc("    default_servers: [{host: h}]\n"), "services[0].default_servers[0]", "missing field `port`"),
             (svc("    default_servers: [{host: '', port: 1}]\n"), "services[0].default_servers[0].host", "not a host"),
             (svc("    default_servers: [{host: h, port: 0}]\n"), "services[0].default_servers[0].port", "1-65535"),

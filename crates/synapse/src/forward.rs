@@ -80,14 +80,14 @@ const LISTEN_BACKLOG: u32 = 1024;
 const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 
 /// Counts a live connection on a backend for as long as it is held.
-struct ActiveGuard(Arc<BackendState>);
+pub struct ActiveGuard(Arc<BackendState>);
 
 impl ActiveGuard {
     /// Counts a connection to the backend of `state` from now on: from its connect, so
     /// that a connection still in its first exchange (`retry_unanswered`) is seen by
     /// least_conn and `/status`, and keeps its backend draining (and under
     /// `drain_timeout`) if the backend leaves the registry meanwhile.
-    fn hold(state: Arc<BackendState>) -> Self {
+    pub fn hold(state: Arc<BackendState>) -> Self {
         state.connected();
         ActiveGuard(state)
     }
@@ -125,6 +125,7 @@ fn candidates_into(
         weight: b.spec.weight,
         ramp: b.state.ramp(now, slow_start_ms),
         ejected: b.state.is_ejected(now),
+        latency: b.state.latency().get(),
         active: b.state.active(),
         local: zone.is_some() && b.spec.zone.as_deref() == zone,
     }));
@@ -145,7 +146,7 @@ thread_local! {
 /// What a connection needs from the service's configuration, copied out so that no
 /// reference count of the shared config is touched per connection.
 #[derive(Clone, Copy)]
-struct Knobs {
+pub struct Knobs {
     balance: Balance,
     retries: u32,
     retry_unanswered: bool,
@@ -157,8 +158,37 @@ struct Knobs {
     slow_start_ms: u64,
 }
 
+impl Knobs {
+    /// The service's knobs now.
+    pub fn of(service: &ServiceState) -> Knobs {
+        let config = service.config();
+        Knobs {
+            balance: config.balance(),
+            retries: config.retries,
+            retry_unanswered: config.retry_unanswered,
+            connect_timeout: config.connect_timeout.get(),
+            idle_timeout: config.idle_timeout.map(|t| t.get()),
+            affinity: service.zone().as_ref().as_ref().map(|_| ZoneAffinity {
+                min_local: config.min_zone_backends,
+            }),
+            policy: EjectionPolicy::of(&config),
+            slow_start_ms: config.slow_start.map_or(0, |t| t.get().as_millis() as u64),
+        }
+    }
+
+    /// How many further attempts a failure may take.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+}
+
 /// Chooses a backend among those not `tried` yet.
-fn pick(service: &ServiceState, set: &BackendSet, knobs: &Knobs, tried: &[usize]) -> Option<usize> {
+pub fn pick(
+    service: &ServiceState,
+    set: &BackendSet,
+    knobs: &Knobs,
+    tried: &[usize],
+) -> Option<usize> {
     let zone = service.zone();
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
@@ -260,7 +290,7 @@ async fn connect_some(
 
 /// A connect to `backend` failed: count it, look its name up again soon, and let the
 /// service's ejector decide whether to eject it.
-fn connect_failed(
+pub fn connect_failed(
     service: &ServiceState,
     set: &BackendSet,
     backend: &backends::Backend,
@@ -297,21 +327,7 @@ pub async fn serve(service: &ServiceState, client: TcpStream) {
         service.note_unserved("no backend set known yet");
         return;
     }
-    let knobs = {
-        let config = service.config();
-        Knobs {
-            balance: config.balance,
-            retries: config.retries,
-            retry_unanswered: config.retry_unanswered,
-            connect_timeout: config.connect_timeout.get(),
-            idle_timeout: config.idle_timeout.map(|t| t.get()),
-            affinity: service.zone().as_ref().as_ref().map(|_| ZoneAffinity {
-                min_local: config.min_zone_backends,
-            }),
-            policy: EjectionPolicy::of(&config),
-            slow_start_ms: config.slow_start.map_or(0, |t| t.get().as_millis() as u64),
-        }
-    };
+    let knobs = Knobs::of(service);
     // Held across the connect awaits (a failure is judged against this set), so a full
     // reference rather than a guard.
     let set = service.set();

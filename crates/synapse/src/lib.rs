@@ -6,6 +6,7 @@
 //! Layout, one file per concept, bottom up: each module uses only those listed before it
 //! (no import circle), and pure logic stays apart from I/O so it can be tested as such.
 //! - [`config`]: the configuration file, its defaults and validation (errors name the key).
+//! - `latency`: a backend's peak-EWMA response time (pure step, atomic holder).
 //! - `slow_start`: the ramp of a new or restored backend's weight (pure).
 //! - `balance`: pure backend picks (smooth weighted round robin, power of two choices,
 //!   weighted random), zone affinity and the ejection panic fallback.
@@ -33,6 +34,8 @@
 //! - `replay`: `retry_unanswered`: a request its backend closed on before answering is sent
 //!   again to another backend.
 //! - `forward`: one connection: pick, connect with timeout, retry elsewhere, relay.
+//! - `http`: http mode: each request of a connection to a backend picked for it, over
+//!   pooled upstream connections, with safe retries.
 //! - [`cache`]: the cache file of last known backends, written atomically.
 //! - `service`: a service at run time: listener, accept loop with backpressure, the follower
 //!   that turns registry views (or the cache, or `default_servers`) into sets and publishes
@@ -64,6 +67,8 @@ mod copy;
 pub mod descriptors;
 mod ejection;
 mod forward;
+mod http;
+mod latency;
 mod limit;
 mod metrics;
 mod quiet;

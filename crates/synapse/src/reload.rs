@@ -83,7 +83,7 @@ mod tests {
             .iter()
             .map(|(name, port, balance)| {
                 let mut s = ServiceConfig::new(name, format!("127.0.0.1:{port}").parse().unwrap());
-                s.balance = *balance;
+                s.balance_choice = Some(*balance);
                 s
             })
             .collect();

@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 
 use crate::backends::{self, Backend, BackendSet, BackendSpec, SetEvent, Source};
 use crate::cache::CacheWriter;
-use crate::config::{DefaultServer, ServiceConfig};
+use crate::config::{DefaultServer, Mode, ServiceConfig};
 use crate::forward;
 use crate::resolve;
 use crate::state::{warning_due, Chosen, ServiceState};
@@ -248,6 +248,8 @@ async fn accept_loop(
     connections: TaskTracker,
 ) {
     let mut last_error_warned = 0u64;
+    // http mode's pools, made once per listener (no connection until a request needs one).
+    let upstreams = Arc::new(crate::http::Upstreams::new(&state.config()));
     // Polled only once the token fires, not on every accept (two mutexes per poll).
     let stop = std::pin::pin!(stop.cancelled());
     let mut stopped = crate::quiet::polled_when_woken(stop);
@@ -269,8 +271,17 @@ async fn accept_loop(
                 // A debug span: with debug logging off it is disabled, and entering it on
                 // every poll of the relay costs a branch.
                 let span = tracing::debug_span!(parent: state.span(), "connection", %peer);
-                let serve = async move { forward::serve(&held.0, stream).await };
-                connections.spawn(serve.instrument(span));
+                if state.config().mode == Mode::Http {
+                    let upstreams = upstreams.clone();
+                    let serve = async move {
+                        crate::http::serve(held.0.clone(), upstreams, stream).await;
+                        drop(held);
+                    };
+                    connections.spawn(serve.instrument(span));
+                } else {
+                    let serve = async move { forward::serve(&held.0, stream).await };
+                    connections.spawn(serve.instrument(span));
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: retrying at once would spin.

@@ -331,7 +331,7 @@ impl ServiceState {
         );
         ServiceStatus {
             listen: self.listen_addr().to_string(),
-            balance: config.balance.to_string(),
+            balance: config.balance().to_string(),
             ready: self.is_ready(),
             backends,
             registry: self.registry(),

@@ -231,7 +231,7 @@ async fn a_live_connection_survives_its_backends_deregistration_and_reloads() {
     register(&etcd, "api", "c", c.port());
     let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
     cfg.services[0].listen = ListenAddr(web_addr);
-    cfg.services[0].balance = Balance::LeastConn;
+    cfg.services[0].balance_choice = Some(Balance::LeastConn);
     let actions = synapse.reload(cfg.clone()).await.unwrap();
     assert_eq!(actions.len(), 2, "{actions:?}");
     let api_addr = synapse.listen_addr("api").unwrap();
@@ -397,7 +397,7 @@ async fn least_conn_sends_new_connections_to_the_least_busy_backend() {
     register(&etcd, "web", "a", a.port());
     register(&etcd, "web", "b", b.port());
     let mut web = service("web");
-    web.balance = Balance::LeastConn;
+    web.balance_choice = Some(Balance::LeastConn);
     let synapse = start(config(etcd.endpoint(), vec![web])).await;
     let addr = synapse.listen_addr("web").unwrap();
     wait_backends(&synapse, "web", &[a.port(), b.port()]).await;
@@ -511,7 +511,7 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cfg = config(etcd.endpoint(), vec![service("web"), service("api")]);
     cfg.services[0].listen = ListenAddr(addr);
-    cfg.services[0].balance = Balance::Random;
+    cfg.services[0].balance_choice = Some(Balance::Random);
     cfg.services[1].listen = ListenAddr(taken.local_addr().unwrap());
     let err = synapse.reload(cfg).await.unwrap_err();
     assert!(format!("{err:#}").contains("cannot listen on"), "{err:#}");
@@ -562,7 +562,7 @@ async fn a_reload_rejected_in_prepare_leaves_services_listeners_and_status_uncha
         .unwrap();
     let mut new = config(etcd.endpoint(), vec![service("web"), service("new")]);
     new.services[0].listen = ListenAddr(web);
-    new.services[0].balance = Balance::Random;
+    new.services[0].balance_choice = Some(Balance::Random);
     new.services[1].listen = ListenAddr(taken.local_addr().unwrap());
     new.admin = Some(new_admin);
     new.zone = Some("b".into());

@@ -36,7 +36,7 @@ async fn a_joining_backend_ramps_up_to_its_share_over_slow_start() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     register(&etcd, "web", "a", a.port());
     let mut web = service("web");
-    web.balance = Balance::RoundRobin;
+    web.balance_choice = Some(Balance::RoundRobin);
     web.slow_start = Some(ConfigDuration::from_secs(2));
     let synapse = start(config(etcd.endpoint(), vec![web])).await;
     let addr = synapse.listen_addr("web").expect("web listens");

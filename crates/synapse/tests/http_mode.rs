@@ -1,0 +1,292 @@
+//! http mode on a running synapse with real HTTP backends (hyper servers speaking HTTP/1.1
+//! and h2c): each request of one client connection goes to a backend picked for it, a
+//! backend answering 503 is ejected and its requests retried, a POST that reached a backend
+//! that then failed is not sent again while a GET is, and h2c is balanced per request.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use synapse::config::{Balance, Mode};
+use testkit::EtcdServer;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How a test backend answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// 200 with its name.
+    Ok,
+    /// 503.
+    Unavailable,
+    /// Reads the request, then closes the connection without answering.
+    Dies,
+}
+
+/// An HTTP/1.1 + h2c backend; counts the requests it received.
+struct HttpBackend {
+    addr: SocketAddr,
+    received: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn http_backend(name: &'static str, behaviour: Behaviour) -> HttpBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                if behaviour == Behaviour::Dies {
+                    // Read a request's head, then vanish.
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.readable().await;
+                    let _ = stream.try_read(&mut buf);
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let _ = req.into_body().collect().await;
+                            let status = if behaviour == Behaviour::Unavailable {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::OK
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from(name)));
+                            *response.status_mut() = status;
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    HttpBackend {
+        addr,
+        received,
+        task,
+    }
+}
+
+fn register_weighted(etcd: &EtcdServer, id: &str, port: u16, weight: u32) {
+    register_json(
+        etcd,
+        "web",
+        id,
+        &format!(r#"{{"host":"127.0.0.1","port":{port},"name":"{id}","weight":{weight}}}"#),
+    );
+}
+
+/// One client connection (HTTP/1.1 keepalive, or h2c with `h2`).
+struct OneConnection {
+    sender: Sender,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl OneConnection {
+    async fn open(addr: SocketAddr, h2: bool) -> Self {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let sender = if h2 {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(s)
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Sender::H1(s)
+        };
+        OneConnection { sender }
+    }
+
+    /// (status, body).
+    async fn send(&mut self, method: &str, body: &'static str) -> (u16, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri("http://web/")
+            .header("host", "web")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await
+            }
+            Sender::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+fn http_service(balance: Balance) -> synapse::ServiceConfig {
+    let mut s = service("web");
+    s.mode = Mode::Http;
+    s.balance_choice = Some(balance);
+    s
+}
+
+async fn shares(conn: &mut OneConnection, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = conn.send("GET", "").await;
+        assert_eq!(status, 200, "{body}");
+        *got.entry(body).or_insert(0) += 1;
+    }
+    got
+}
+
+#[tokio::test]
+async fn requests_of_one_keepalive_connection_are_spread_by_weight() {
+    let etcd = EtcdServer::start().await;
+    let (a, b, c) = (
+        http_backend("a", Behaviour::Ok).await,
+        http_backend("b", Behaviour::Ok).await,
+        http_backend("c", Behaviour::Ok).await,
+    );
+    register_weighted(&etcd, "a", a.addr.port(), 100);
+    register_weighted(&etcd, "b", b.addr.port(), 100);
+    register_weighted(&etcd, "c", c.addr.port(), 200);
+    let synapse = start(config(
+        etcd.endpoint(),
+        vec![http_service(Balance::RoundRobin)],
+    ))
+    .await;
+    wait_backends(
+        &synapse,
+        "web",
+        &[a.addr.port(), b.addr.port(), c.addr.port()],
+    )
+    .await;
+    let addr = synapse.listen_addr("web").unwrap();
+    for h2 in [false, true] {
+        let mut conn = OneConnection::open(addr, h2).await;
+        let got = shares(&mut conn, 400).await;
+        println!("h2={h2}: {got:?}");
+        assert_eq!(got.get("a"), Some(&100), "h2={h2}: {got:?}");
+        assert_eq!(got.get("b"), Some(&100), "h2={h2}: {got:?}");
+        assert_eq!(got.get("c"), Some(&200), "h2={h2}: {got:?}");
+    }
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_answering_503_is_ejected_and_its_requests_retried() {
+    let etcd = EtcdServer::start().await;
+    let (good, bad) = (
+        http_backend("good", Behaviour::Ok).await,
+        http_backend("bad", Behaviour::Unavailable).await,
+    );
+    register_weighted(&etcd, "good", good.addr.port(), 100);
+    register_weighted(&etcd, "bad", bad.addr.port(), 100);
+    let mut web = http_service(Balance::RoundRobin);
+    web.retry_on = vec![503];
+    web.eject_after = 2;
+    web.ejection_time = registry::ConfigDuration::from_secs(60);
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    wait_backends(&synapse, "web", &[good.addr.port(), bad.addr.port()]).await;
+    let mut conn = OneConnection::open(synapse.listen_addr("web").unwrap(), false).await;
+    let got = shares(&mut conn, 50).await;
+    assert_eq!(got.get("good"), Some(&50), "{got:?}");
+    let status = synapse.status();
+    let backends = &status["web"].backends;
+    let bad_state = backends
+        .iter()
+        .find(|b| b.port == bad.addr.port())
+        .map(|b| b.state);
+    assert_eq!(bad_state, Some("ejected"));
+    assert_eq!(
+        bad.received.load(Ordering::Relaxed),
+        2,
+        "ejected after two 503s"
+    );
+    synapse.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_post_that_reached_a_failing_backend_is_not_resent_but_a_get_is() {
+    let etcd = EtcdServer::start().await;
+    let (good, dies) = (
+        http_backend("good", Behaviour::Ok).await,
+        http_backend("dies", Behaviour::Dies).await,
+    );
+    register_weighted(&etcd, "dies", dies.addr.port(), 100);
+    register_weighted(&etcd, "good", good.addr.port(), 100);
+    let mut web = http_service(Balance::RoundRobin);
+    web.eject_after = 100;
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    wait_backends(&synapse, "web", &[good.addr.port(), dies.addr.port()]).await;
+    let addr = synapse.listen_addr("web").unwrap();
+    let mut posts_failed = 0;
+    for _ in 0..10 {
+        let mut conn = OneConnection::open(addr, false).await;
+        let (status, _) = conn.send("POST", "order=1").await;
+        if status != 200 {
+            assert_eq!(
+                status, 502,
+                "a POST the backend failed is a 502, not resent"
+            );
+            posts_failed += 1;
+        }
+    }
+    let died_on_posts = dies.received.load(Ordering::Relaxed);
+    let good_after_posts = good.received.load(Ordering::Relaxed);
+    assert_eq!(
+        posts_failed, died_on_posts,
+        "each POST the dying backend saw failed once"
+    );
+    assert_eq!(
+        good_after_posts,
+        10 - posts_failed,
+        "no POST was sent on to the good one"
+    );
+    for _ in 0..10 {
+        let mut conn = OneConnection::open(addr, false).await;
+        let (status, body) = conn.send("GET", "").await;
+        assert_eq!((status, body.as_str()), (200, "good"));
+    }
+    let died_on_gets = dies.received.load(Ordering::Relaxed) - died_on_posts;
+    println!(
+        "POSTs: {posts_failed} of 10 reached the dying backend and failed (502); \
+         GETs: {died_on_gets} of 10 reached it and were sent again, all 10 answered"
+    );
+    assert!(
+        posts_failed > 0 && died_on_gets > 0,
+        "round robin never reached the dying backend"
+    );
+    synapse.shutdown().await;
+}
