@@ -290,3 +290,97 @@ async fn a_post_that_reached_a_failing_backend_is_not_resent_but_a_get_is() {
     );
     synapse.shutdown().await;
 }
+
+/// A backend that accepts `Upgrade: echo` with 101, then echoes raw bytes (the shape of a
+/// WebSocket handshake and stream).
+async fn upgrade_backend() -> HttpBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |mut req: Request<hyper::body::Incoming>| async move {
+                        let upgraded = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(io) = upgraded.await {
+                                let mut io = TokioIo::new(io);
+                                let (mut r, mut w) = tokio::io::split(&mut io);
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        let response = Response::builder()
+                            .status(StatusCode::SWITCHING_PROTOCOLS)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    HttpBackend {
+        addr,
+        received,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_relayed_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let etcd = EtcdServer::start().await;
+    let backend = upgrade_backend().await;
+    register_weighted(&etcd, "ws", backend.addr.port(), 100);
+    let synapse = start(config(
+        etcd.endpoint(),
+        vec![http_service(Balance::RoundRobin)],
+    ))
+    .await;
+    wait_backends(&synapse, "web", &[backend.addr.port()]).await;
+    let mut client = TcpStream::connect(synapse.listen_addr("web").unwrap())
+        .await
+        .unwrap();
+    client
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            client.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the head: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in ["ping", "pong, but longer"] {
+        client.write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut echoed),
+        )
+        .await
+        .expect("the echo within 5 s")
+        .unwrap();
+        assert_eq!(echoed, message.as_bytes());
+    }
+    synapse.shutdown().await;
+}

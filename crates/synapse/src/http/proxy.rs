@@ -12,7 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::headers::{strip_hop_by_hop, wants_upgrade};
 use super::retry::{may_retry, Budget, Failure, REPLAY_BODY_MAX};
@@ -59,6 +59,8 @@ struct Kept {
     /// `Some` when the whole body is kept (replayable).
     body: Option<Bytes>,
     streamed: Option<Incoming>,
+    /// The client side of a protocol upgrade (WebSocket), when the request asks for one.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 pub async fn handle(
@@ -74,12 +76,13 @@ pub async fn handle(
     }
     upstreams.budget.deposit();
     let config = service.config().clone();
-    let mut kept = match keep(request).await {
+    let mut request = request;
+    let upgrade = wants_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+    let mut kept = match keep(request, upgrade).await {
         Ok(k) => k,
         Err(e) => return unserved(grpc, &format!("cannot read the request body: {e}")),
     };
-    let upgrade = wants_upgrade(&kept.head.headers);
-    strip_hop_by_hop(&mut kept.head.headers, upgrade);
+    strip_hop_by_hop(&mut kept.head.headers, kept.upgrade.is_some());
     let knobs = Knobs::of(service);
     let set = service.set();
     let mut tried: Vec<usize> = Vec::new();
@@ -137,7 +140,10 @@ fn deadline_left(config: &ServiceConfig, started: Instant) -> bool {
 
 /// Reads the body into memory when it is known to be small (replayable); else leaves it
 /// to be streamed.
-async fn keep(request: Request<Incoming>) -> Result<Kept, hyper::Error> {
+async fn keep(
+    request: Request<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Kept, hyper::Error> {
     let (head, body) = request.into_parts();
     let small = body
         .size_hint()
@@ -149,12 +155,14 @@ async fn keep(request: Request<Incoming>) -> Result<Kept, hyper::Error> {
             head,
             body: Some(bytes),
             streamed: None,
+            upgrade,
         });
     }
     Ok(Kept {
         head,
         body: None,
         streamed: Some(body),
+        upgrade,
     })
 }
 
@@ -206,8 +214,17 @@ async fn attempt(
         None => pool.request(request).await,
     };
     match response {
-        Ok(response) => {
+        Ok(mut response) => {
             backend.state.latency().observe(sent.elapsed());
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client) = kept.upgrade.take() {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client, upstream, guard));
+                    let (mut head, _) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers, true);
+                    return Ok(Response::from_parts(head, empty()));
+                }
+            }
             let status = response.status();
             if status.is_server_error() {
                 failed(service, backend, set, &format!("answered {status}"));
@@ -234,6 +251,30 @@ async fn attempt(
             Err((failure, None))
         }
     }
+}
+
+/// After a 101: bytes both ways between the client and the backend until either ends;
+/// the backend counts the tunnel as in flight meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _guard: ActiveGuard,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+    }
+}
+
+fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A failed attempt counts against the backend like a failed connect in tcp mode.
