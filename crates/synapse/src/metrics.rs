@@ -15,7 +15,7 @@ use daemon::metrics::{gauge, process, render, Family, Labels, Sample};
 
 use crate::backends::Source;
 use crate::state::{BackendStatus, ServiceStatus};
-use crate::traffic::ConnectResult;
+use crate::traffic::{ConnectResult, RequestClasses};
 
 /// Every service's status at the moment of a scrape.
 pub type Snapshot = BTreeMap<String, ServiceStatus>;
@@ -135,6 +135,25 @@ fn connection_families(services: &Snapshot) -> Vec<Family> {
             }),
         ),
         family(
+            "synapse_requests",
+            "http mode: answered requests by status class (synapse's own 502/503 included).",
+            per_service_and(services, "class", &RequestClasses::LABELS, |s, class| {
+                counter(s.traffic.requests.get(class))
+            }),
+        ),
+        family(
+            "synapse_request_duration_seconds",
+            "http mode: requests from arrival to response headers, retries included.",
+            per_service(services, |s| Sample::Histogram(s.durations.request.clone())),
+        ),
+        family(
+            "synapse_retry_budget_exhausted",
+            "http mode: retries the policy allowed but the retry budget refused.",
+            per_service(services, |s| {
+                counter(s.traffic.retry_budget_exhausted_total)
+            }),
+        ),
+        family(
             "synapse_bytes",
             "Bytes relayed, splice included.",
             per_service_and(services, "direction", &["to_backend", "to_client"], bytes),
@@ -227,6 +246,22 @@ fn per_backend(
     out
 }
 
+/// One real-valued gauge per backend still in the set.
+fn per_backend_float(
+    services: &Snapshot,
+    value: fn(&BackendStatus) -> f64,
+) -> Vec<(Labels, Sample)> {
+    let mut out = Vec::new();
+    for (name, s) in services {
+        for b in s.backends.iter().filter(|b| b.state != "drained") {
+            let mut labels = service(name);
+            labels.push(("backend", b.id.clone()));
+            out.push((labels, Sample::FloatGauge(value(b))));
+        }
+    }
+    out
+}
+
 fn backend_families(services: &Snapshot) -> Vec<Family> {
     let directions = Some(("direction", &["to_backend", "to_client"][..]));
     vec![
@@ -259,6 +294,11 @@ fn backend_families(services: &Snapshot) -> Vec<Family> {
             "synapse_backend_weight",
             "The backend's weight in the registry.",
             per_backend(services, None, |b, _| gauge(b.weight)),
+        ),
+        family(
+            "synapse_backend_latency_seconds",
+            "Peak-EWMA response time (http mode; 0.03 until measured).",
+            per_backend_float(services, |b| b.latency_ms / 1000.0),
         ),
         family(
             "synapse_backend_effective_weight",

@@ -413,6 +413,8 @@ pub struct BackendStatus {
     pub unanswered: u64,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    /// Its peak-EWMA response time in milliseconds (http mode; 30 until measured).
+    pub latency_ms: f64,
     /// For a DNS name: the addresses connections dial (empty until it first resolves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<String>>,
@@ -447,6 +449,7 @@ impl BackendStatus {
             unanswered: s.unanswered(),
             bytes_to_backend,
             bytes_to_client,
+            latency_ms: s.latency().get() as f64 / 1e6,
             addresses: is_name(&b.spec.host).then(|| {
                 s.resolution()
                     .addrs()

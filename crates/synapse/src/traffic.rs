@@ -62,6 +62,11 @@ pub struct Traffic {
     bytes_to_client: AtomicU64,
     connect_duration: Histogram,
     connection_duration: Histogram,
+    /// http mode: answered requests by status class (1xx..5xx), synapse's own answers
+    /// included.
+    requests: [AtomicU64; 5],
+    request_duration: Histogram,
+    budget_exhausted: AtomicU64,
 }
 
 impl Default for Traffic {
@@ -76,6 +81,9 @@ impl Default for Traffic {
             bytes_to_client: AtomicU64::new(0),
             connect_duration: Histogram::new(SHORT_SECONDS),
             connection_duration: Histogram::new(LIFETIME_SECONDS),
+            requests: Default::default(),
+            request_duration: Histogram::new(SHORT_SECONDS),
+            budget_exhausted: AtomicU64::new(0),
         }
     }
 }
@@ -133,6 +141,19 @@ impl Traffic {
         counter.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// http mode: a request was answered with `status` after `took` (to its response
+    /// headers).
+    pub fn answered(&self, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].fetch_add(1, Ordering::Relaxed);
+        self.request_duration.observe(took);
+    }
+
+    /// http mode: a retry was allowed by the policy but the budget was spent.
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now, with `ejections` (kept by the service's ejector).
     pub fn status(&self, ejections: u64) -> TrafficStatus {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -151,6 +172,14 @@ impl Traffic {
             ejections_total: ejections,
             bytes_to_backend: load(&self.bytes_to_backend),
             bytes_to_client: load(&self.bytes_to_client),
+            requests: RequestClasses {
+                informational: load(&self.requests[0]),
+                success: load(&self.requests[1]),
+                redirect: load(&self.requests[2]),
+                client_error: load(&self.requests[3]),
+                server_error: load(&self.requests[4]),
+            },
+            retry_budget_exhausted_total: load(&self.budget_exhausted),
         }
     }
 
@@ -158,6 +187,7 @@ impl Traffic {
         Durations {
             connect: self.connect_duration.sample(),
             connection: self.connection_duration.sample(),
+            request: self.request_duration.sample(),
         }
     }
 }
@@ -169,6 +199,8 @@ pub struct Durations {
     pub connect: HistogramSample,
     /// Client connections, accept to close.
     pub connection: HistogramSample,
+    /// http mode: requests, arrival to response headers.
+    pub request: HistogramSample,
 }
 
 /// A service's counters as `/status` shows them.
@@ -186,6 +218,39 @@ pub struct TrafficStatus {
     pub ejections_total: u64,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    /// http mode: answered requests by status class.
+    pub requests: RequestClasses,
+    /// http mode: retries the budget refused.
+    pub retry_budget_exhausted_total: u64,
+}
+
+/// Answered requests by status class (http mode).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RequestClasses {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirect: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+impl RequestClasses {
+    pub const LABELS: [&'static str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+    pub fn get(&self, label: &str) -> u64 {
+        match label {
+            "1xx" => self.informational,
+            "2xx" => self.success,
+            "3xx" => self.redirect,
+            "4xx" => self.client_error,
+            _ => self.server_error,
+        }
+    }
 }
 
 /// Connect attempts to backends by result.

@@ -234,6 +234,20 @@ async fn a_backend_answering_503_is_ejected_and_its_requests_retried() {
         2,
         "ejected after two 503s"
     );
+    // Counted per request: 50 answered 2xx, the two 503s retried, none answered 5xx.
+    let traffic = &status["web"].traffic;
+    assert_eq!(traffic.requests.success, 50);
+    assert_eq!(traffic.requests.server_error, 0);
+    assert_eq!(traffic.retries_total, 2);
+    assert_eq!(status["web"].durations.request.count, 50);
+    let good_latency = backends
+        .iter()
+        .find(|b| b.port == good.addr.port())
+        .map(|b| b.latency_ms);
+    assert!(
+        good_latency.is_some_and(|ms| ms > 0.0 && ms < 30.0),
+        "{good_latency:?}"
+    );
     synapse.shutdown().await;
 }
 

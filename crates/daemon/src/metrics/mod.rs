@@ -30,6 +30,8 @@ pub enum Sample {
     /// A counter of a real quantity (seconds), also `_total`.
     FloatCounter(f64),
     Gauge(i64),
+    /// A gauge of a real quantity (seconds).
+    FloatGauge(f64),
     Histogram(HistogramSample),
 }
 
@@ -72,7 +74,7 @@ impl Collector for Scraped {
             let kind = match family.samples.first() {
                 Some((_, Sample::Counter(_) | Sample::FloatCounter(_))) => MetricType::Counter,
                 Some((_, Sample::Histogram(_))) => MetricType::Histogram,
-                Some((_, Sample::Gauge(_))) => MetricType::Gauge,
+                Some((_, Sample::Gauge(_) | Sample::FloatGauge(_))) => MetricType::Gauge,
                 None => continue,
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
@@ -82,6 +84,7 @@ impl Collector for Scraped {
                     Sample::Counter(v) => ConstCounter::new(*v).encode(encoder)?,
                     Sample::FloatCounter(v) => ConstCounter::new(*v).encode(encoder)?,
                     Sample::Gauge(v) => ConstGauge::new(*v).encode(encoder)?,
+                    Sample::FloatGauge(v) => ConstGauge::new(*v).encode(encoder)?,
                     Sample::Histogram(h) => {
                         encoder.encode_histogram::<NoLabels>(h.sum, h.count, &h.buckets, None)?
                     }

@@ -69,6 +69,19 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let response = answer(service, upstreams, request, started).await;
+    service
+        .traffic()
+        .answered(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn answer(
+    service: &ServiceState,
+    upstreams: &Upstreams,
+    request: Request<Incoming>,
+    started: Instant,
+) -> Response<ProxyBody> {
     let grpc = is_grpc(request.headers());
     if !service.wait_until_known().await {
         service.note_unserved("no backend set known yet");
@@ -103,11 +116,14 @@ pub async fn handle(
             Err((failure, last)) => {
                 tried.push(i);
                 last_failure = Some(failure);
-                let again = tried.len() < attempt_limit
+                let allowed = tried.len() < attempt_limit
                     && may_retry(&kept.head.method, kept.body.is_some(), failure)
-                    && deadline_left(&config, started)
-                    && upstreams.budget.withdraw();
-                if !again {
+                    && deadline_left(&config, started);
+                if !allowed {
+                    break last;
+                }
+                if !upstreams.budget.withdraw() {
+                    service.traffic().budget_exhausted();
                     break last;
                 }
                 service.traffic().retried();
