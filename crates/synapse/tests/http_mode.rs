@@ -398,3 +398,114 @@ async fn an_upgraded_connection_is_relayed_both_ways() {
     }
     synapse.shutdown().await;
 }
+
+/// A gRPC-shaped h2 backend: `unavailable` answers every call trailers-only with
+/// `grpc-status: 14`; otherwise a message and trailers `grpc-status: 0`.
+async fn grpc_backend(name: &'static str, unavailable: bool) -> HttpBackend {
+    use http_body_util::combinators::BoxBody;
+    use hyper::body::Frame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let _ = req.into_body().collect().await;
+                            let builder =
+                                Response::builder().header("content-type", "application/grpc");
+                            let body: BoxBody<Bytes, Infallible> = if unavailable {
+                                Full::new(Bytes::new()).boxed()
+                            } else {
+                                let mut trailers = hyper::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let frames = vec![
+                                    Ok::<_, Infallible>(Frame::data(Bytes::from(name))),
+                                    Ok(Frame::trailers(trailers)),
+                                ];
+                                http_body_util::StreamBody::new(futures::stream::iter(frames))
+                                    .boxed()
+                            };
+                            let builder = if unavailable {
+                                builder.header("grpc-status", "14")
+                            } else {
+                                builder
+                            };
+                            Ok::<_, Infallible>(builder.body(body).unwrap())
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    HttpBackend {
+        addr,
+        received,
+        task,
+    }
+}
+
+/// gRPC's shape over one h2c connection: trailers reach the client, and a call an instance
+/// refused unrun (UNAVAILABLE, trailers only) is sent to another instance although it is a
+/// POST.
+#[tokio::test]
+async fn grpc_trailers_pass_and_an_unavailable_call_is_sent_elsewhere() {
+    let etcd = EtcdServer::start().await;
+    let (ok, refusing) = (
+        grpc_backend("ok", false).await,
+        grpc_backend("refusing", true).await,
+    );
+    register_weighted(&etcd, "ok", ok.addr.port(), 100);
+    register_weighted(&etcd, "refusing", refusing.addr.port(), 100);
+    let mut web = http_service(Balance::RoundRobin);
+    web.eject_after = 100;
+    let synapse = start(config(etcd.endpoint(), vec![web])).await;
+    wait_backends(&synapse, "web", &[ok.addr.port(), refusing.addr.port()]).await;
+    let io = TokioIo::new(
+        TcpStream::connect(synapse.listen_addr("web").unwrap())
+            .await
+            .unwrap(),
+    );
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..20 {
+        let request = Request::builder()
+            .method("POST")
+            .uri("http://web/pkg.Service/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(
+            trailers
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("0".to_owned()),
+            "call {i}: trailers {trailers:?}"
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"ok"));
+    }
+    assert!(
+        refusing.received.load(Ordering::Relaxed) > 0,
+        "round robin never reached it"
+    );
+    synapse.shutdown().await;
+}

@@ -242,7 +242,11 @@ async fn attempt(
                 }
             }
             let status = response.status();
-            if status.is_server_error() {
+            let refused = response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| matches!(v.as_bytes(), b"13" | b"14"));
+            if status.is_server_error() || refused {
                 failed(service, backend, set, &format!("answered {status}"));
             } else {
                 service.ejector().connect_succeeded(
@@ -251,7 +255,14 @@ async fn attempt(
                     &backend.addr(),
                 );
             }
+            let grpc_unavailable = response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"14");
             let answer = relay_response(response, guard);
+            if grpc_unavailable {
+                return Err((Failure::GrpcUnavailable, Some(answer)));
+            }
             if config.retry_on.contains(&status.as_u16()) {
                 return Err((Failure::RetryableStatus, Some(answer)));
             }

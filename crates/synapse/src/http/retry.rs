@@ -3,7 +3,8 @@
 //!
 //! A request is sent again to another backend when the attempt failed before any response
 //! byte came back and sending it twice is safe: always when it never reached the backend
-//! (the connect failed), else only for idempotent methods (RFC 9110 section 9.2.2). A
+//! (the connect failed) or a gRPC server refused it unrun (UNAVAILABLE with no message),
+//! else only for idempotent methods (RFC 9110 section 9.2.2). A
 //! response whose status is in `retry_on` is retried likewise. Only requests whose body is
 //! kept (at most [`REPLAY_BODY_MAX`] bytes) can be sent again at all.
 
@@ -22,8 +23,11 @@ pub enum Failure {
     NotSent,
     /// The connection failed or was reset before any response byte.
     NoResponse,
-    /// A response with a status in `retry_on` (or gRPC UNAVAILABLE before any message).
+    /// A response with a status in `retry_on`.
     RetryableStatus,
+    /// A gRPC answer of UNAVAILABLE with no message (trailers only): the server refused
+    /// the call without running it.
+    GrpcUnavailable,
 }
 
 pub fn is_idempotent(method: &Method) -> bool {
@@ -38,7 +42,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 pub fn may_retry(method: &Method, replayable: bool, failure: Failure) -> bool {
     replayable
         && match failure {
-            Failure::NotSent => true,
+            Failure::NotSent | Failure::GrpcUnavailable => true,
             Failure::NoResponse | Failure::RetryableStatus => is_idempotent(method),
         }
 }
