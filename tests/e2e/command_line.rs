@@ -1,7 +1,8 @@
 //! The command line and the logs of both real binaries are one shape: `-c FILE` for both,
 //! no default config path, `--help` naming the signals and `RUST_LOG`, logs without colour
-//! codes in a file, `--log-format json` as one JSON object per line, and an admin address
-//! beyond loopback refused by both.
+//! codes in a file, `--log-format json` as one JSON object per line, an admin address
+//! beyond loopback refused by both, and `--import-smartstack FILE` converting an Airbnb
+//! SmartStack file into one that `--check-config` takes.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -91,6 +92,97 @@ fn an_admin_address_beyond_loopback_is_refused_naming_the_key() {
         assert!(
             !ok && out.contains("admin") && out.contains("loopback"),
             "{bin}: {out}"
+        );
+    }
+}
+
+/// An Airbnb nerve configuration shaped like the example in its README (not a copy).
+const AIRBNB_NERVE: &str = r#"{
+  "instance_id": "app-3",
+  "statsd": {"host": "localhost", "port": 8125},
+  "services": {
+    "search": {
+      "host": "10.0.5.3", "port": 9200,
+      "reporter_type": "zookeeper", "zk_hosts": ["zk1:2181", "zk2:2181"],
+      "zk_path": "/nerve/services/search/services",
+      "check_interval": 1, "weight": 2, "haproxy_server_options": "backup",
+      "labels": {"rack": "r12"},
+      "checks": [{"type": "http", "uri": "/_health", "timeout": 0.5, "rise": 2, "fall": 3},
+                 {"type": "mysql", "user": "check"}]
+    }
+  }
+}"#;
+
+/// An Airbnb synapse configuration shaped like the example in its README (not a copy).
+const AIRBNB_SYNAPSE: &str = r#"{
+  "services": {
+    "search": {
+      "discovery": {"method": "zookeeper", "hosts": ["zk1:2181"], "path": "/nerve/services/search/services"},
+      "default_servers": [{"name": "search-fallback", "host": "10.0.5.99", "port": 9200}],
+      "haproxy": {"port": 3400, "server_options": "check inter 2s rise 3 fall 2",
+                  "listen": ["mode tcp", "balance leastconn", "timeout connect 300ms"]}
+    }
+  },
+  "haproxy": {"reload_command": "service haproxy reload",
+              "defaults": ["retries 2", "timeout client 30s", "option dontlognull"]}
+}"#;
+
+#[test]
+fn both_convert_an_airbnb_file_that_their_check_config_takes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    for (bin, json, dropped) in [
+        (
+            "nerve",
+            AIRBNB_NERVE,
+            &[
+                "warning: statsd: no equivalent",
+                "warning: services.search.haproxy_server_options: no equivalent",
+                "warning: services.search.checks[1]: a \"mysql\" check has no equivalent",
+            ][..],
+        ),
+        (
+            "synapse",
+            AIRBNB_SYNAPSE,
+            &[
+                "warning: haproxy.reload_command: no equivalent",
+                "warning: haproxy.defaults[2]: \"option dontlognull\": no equivalent",
+                "warning: services.search.haproxy.server_options: no equivalent (synapse balances in-process); dropped",
+                "warning: services.search.default_servers[0].name: no equivalent",
+            ][..],
+        ),
+    ] {
+        let source = dir.path().join(format!("{bin}.conf.json"));
+        std::fs::write(&source, json).unwrap_or_else(|e| panic!("write: {e}"));
+        let out = run(bin, &["--import-smartstack", &source.to_string_lossy()]);
+        let (yaml, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{bin}: {stderr}");
+        assert!(
+            yaml.contains("# fill in: was zookeeper zk1:2181"),
+            "{bin}: {yaml}"
+        );
+        for line in dropped {
+            assert!(
+                stderr.lines().any(|l| l.starts_with(line)),
+                "{bin}: no {line:?} in\n{stderr}"
+            );
+        }
+        assert_eq!(stderr.lines().count(), dropped.len(), "{bin}: {stderr}");
+        let (ok, checked) = check(bin, dir.path(), &yaml);
+        assert!(ok && checked.trim() == "ok", "{bin}: {checked}\n{yaml}");
+
+        let bad = dir.path().join(format!("{bin}-bad.json"));
+        std::fs::write(&bad, r#"{"services": {"search": {"host": "h", "port": "x"}}}"#)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let out = run(bin, &["--import-smartstack", &bad.to_string_lossy()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin}: {err}");
+        assert!(out.stdout.is_empty(), "{bin} printed a half conversion");
+        assert!(
+            err.starts_with(&format!("{}: services.search.", bad.display())),
+            "{bin}: {err}"
         );
     }
 }

@@ -26,17 +26,50 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Parser)]
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run with this configuration file.
+    Run(PathBuf),
+    /// `--check-config`: validate this file and exit.
+    CheckConfig(PathBuf),
+    /// `--import-smartstack`: convert this Airbnb SmartStack JSON file, print it, exit.
+    ImportSmartstack(PathBuf),
+}
+
+/// The parsed command line.
+#[derive(Debug)]
 pub struct Cli {
+    pub action: Action,
+    pub log_format: LogFormat,
+}
+
+/// The options as clap reads them; [`Cli`] is what they mean.
+#[derive(Debug, Parser)]
+struct Args {
     /// Configuration file (YAML or JSON).
-    #[arg(short = 'c', long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        required_unless_present = "import_smartstack"
+    )]
+    config: Option<PathBuf>,
     /// Validate the configuration, print "ok" or the problem, and exit (1 on a problem).
     #[arg(long)]
-    pub check_config: bool,
+    check_config: bool,
+    /// Convert FILE, an Airbnb SmartStack JSON configuration of this program, into ours:
+    /// the YAML is printed on stdout, every key with no equivalent is listed on stderr;
+    /// then exit (1 on invalid input).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["config", "check_config"]
+    )]
+    import_smartstack: Option<PathBuf>,
     /// Format of the log lines written to stderr.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    log_format: LogFormat,
 }
 
 /// The text after the options in `--help`.
@@ -65,14 +98,30 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Cli::command()
+        let mut command = Args::command()
             .name(about.name)
             .bin_name(about.name)
             .version(about.version)
             .about(about.about)
-            .after_help(after_help(about))
-            .try_get_matches_from(args)?;
-        Cli::from_arg_matches(&matches)
+            .after_help(after_help(about));
+        let matches = command.try_get_matches_from_mut(args)?;
+        let args = Args::from_arg_matches(&matches)?;
+        let action = match (args.import_smartstack, args.config) {
+            (Some(file), _) => Action::ImportSmartstack(file),
+            (None, Some(file)) if args.check_config => Action::CheckConfig(file),
+            (None, Some(file)) => Action::Run(file),
+            // clap requires one of the two already; this keeps its error if it ever did not.
+            (None, None) => {
+                return Err(command.error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "the following required arguments were not provided:\n  --config <FILE>",
+                ))
+            }
+        };
+        Ok(Cli {
+            action,
+            log_format: args.log_format,
+        })
     }
 }
 
@@ -93,15 +142,53 @@ mod tests {
 
     #[test]
     fn short_and_long_config_both_work_and_one_is_required() {
-        let short = parse(&["-c", "a.yaml"]).map(|c| c.config);
-        let long = parse(&["--config", "a.yaml"]).map(|c| c.config);
-        assert_eq!(short.ok(), Some(PathBuf::from("a.yaml")));
-        assert_eq!(long.ok(), Some(PathBuf::from("a.yaml")));
-        let missing = parse(&[]).err().map(|e| e.kind());
+        let run = |f: &str| Some(Action::Run(PathBuf::from(f)));
         assert_eq!(
-            missing,
-            Some(clap::error::ErrorKind::MissingRequiredArgument)
+            parse(&["-c", "a.yaml"]).ok().map(|c| c.action),
+            run("a.yaml")
         );
+        assert_eq!(
+            parse(&["--config", "a.yaml"]).ok().map(|c| c.action),
+            run("a.yaml")
+        );
+        assert_eq!(
+            parse(&["-c", "a.yaml", "--check-config"])
+                .ok()
+                .map(|c| c.action),
+            Some(Action::CheckConfig(PathBuf::from("a.yaml")))
+        );
+        for args in [&[][..], &["--check-config"][..]] {
+            let missing = parse(args).err();
+            assert_eq!(
+                missing.as_ref().map(|e| e.kind()),
+                Some(clap::error::ErrorKind::MissingRequiredArgument),
+                "{args:?}"
+            );
+            let text = missing.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains("--config <FILE>"), "{text}");
+        }
+    }
+
+    #[test]
+    fn import_smartstack_needs_no_config_and_takes_no_other_mode() {
+        assert_eq!(
+            parse(&["--import-smartstack", "nerve.conf.json"])
+                .ok()
+                .map(|c| c.action),
+            Some(Action::ImportSmartstack(PathBuf::from("nerve.conf.json")))
+        );
+        for args in [
+            &["--import-smartstack", "x.json", "-c", "a.yaml"][..],
+            &["--import-smartstack", "x.json", "--check-config"][..],
+        ] {
+            let kind = parse(args).err().map(|e| e.kind());
+            assert_eq!(
+                kind,
+                Some(clap::error::ErrorKind::ArgumentConflict),
+                "{args:?}"
+            );
+        }
+        assert!(parse(&["--import-smartstack"]).is_err(), "FILE is required");
     }
 
     #[test]
@@ -121,7 +208,13 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         for word in [
-            "SIGHUP", "SIGTERM", "SIGINT", "RUST_LOG", "NO_COLOR", "--config",
+            "SIGHUP",
+            "SIGTERM",
+            "SIGINT",
+            "RUST_LOG",
+            "NO_COLOR",
+            "--config",
+            "--import-smartstack <FILE>",
         ] {
             assert!(help.contains(word), "{word} missing from:\n{help}");
         }

@@ -2,8 +2,9 @@
 //! same command line, the same logs, the same signals and the same admin HTTP server.
 //!
 //! Layout:
-//! - [`cli`]: the command line (`-c/--config FILE`, `--check-config`, `--log-format`,
-//!   `--version`) and the `--help` text naming the signals and `RUST_LOG`.
+//! - [`cli`]: the command line (`-c/--config FILE`, `--check-config`,
+//!   `--import-smartstack FILE`, `--log-format`, `--version`) and the `--help` text naming
+//!   the signals and `RUST_LOG`.
 //! - [`logging`]: the tracing subscriber: text (colour only on a terminal, never with
 //!   `NO_COLOR`) or JSON lines.
 //! - [`run`]: [`Daemon`], what a program provides, and [`main`], which builds the runtime
@@ -26,4 +27,4 @@ pub mod metrics;
 pub mod run;
 
 pub use cli::About;
-pub use run::{main, BoxError, Daemon};
+pub use run::{main, BoxError, Daemon, Imported};

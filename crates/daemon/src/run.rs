@@ -3,6 +3,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 
-use crate::cli::{About, Cli};
+use crate::cli::{About, Action, Cli};
 
 /// An error from starting a program, with its `source()` chain.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,6 +24,10 @@ pub trait Daemon: Sized {
     /// Reads and validates the configuration file; the error names the file and the key.
     /// Runs on the blocking pool for a reload.
     fn load(path: &Path) -> Result<Self::Config, Self::ConfigError>;
+
+    /// `--import-smartstack`: converts `text`, the Airbnb SmartStack JSON configuration read
+    /// from `path`, into this program's YAML. The error names the file and the JSON path.
+    fn import_smartstack(path: &Path, text: &str) -> Result<Imported, String>;
 
     /// Runs after logging is set up and before the runtime starts.
     fn prepare(_config: &Self::Config) {}
@@ -47,14 +52,26 @@ pub trait Daemon: Sized {
 /// How often readiness is polled until it is reached.
 const READY_POLL: Duration = Duration::from_millis(50);
 
-/// The whole `main` of a daemon: parse the command line, then `--check-config` or run.
+/// What `--import-smartstack` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The converted configuration, for stdout.
+    pub yaml: String,
+    /// What was not carried over, one line each on stderr, each naming its JSON path.
+    pub warnings: Vec<String>,
+}
+
+/// The whole `main` of a daemon: parse the command line, then `--check-config`,
+/// `--import-smartstack` or run.
 pub fn main<D: Daemon>(about: About) -> ExitCode {
     let cli = Cli::parse_for(&about);
-    if cli.check_config {
-        return check_config::<D>(&cli.config);
-    }
+    let path = match cli.action {
+        Action::CheckConfig(path) => return check_config::<D>(&path),
+        Action::ImportSmartstack(path) => return import_smartstack::<D>(&path),
+        Action::Run(path) => path,
+    };
     crate::logging::init(cli.log_format);
-    let config = match D::load(&cli.config) {
+    let config = match D::load(&path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
@@ -72,7 +89,7 @@ pub fn main<D: Daemon>(about: About) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve::<D>(about, cli.config, config));
+    let outcome = runtime.block_on(serve::<D>(about, path, config));
     // A reload still parsing a huge file on the blocking pool must not hold the exit, as
     // the default drop of the runtime would.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -94,6 +111,36 @@ fn check_config<D: Daemon>(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--import-smartstack`: the converted file on stdout, each warning on stderr; exit 1 with
+/// the problem when the file cannot be read or converted. No logging.
+fn import_smartstack<D: Daemon>(path: &Path) -> ExitCode {
+    let converted = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+        .and_then(|text| D::import_smartstack(path, &text));
+    let imported = match converted {
+        Ok(imported) => imported,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &imported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    // Not print!: a closed pipe (`| head`) must be an error message, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(imported.yaml.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the converted configuration: {e}");
             ExitCode::FAILURE
         }
     }

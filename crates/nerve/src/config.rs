@@ -437,22 +437,22 @@ fn default_lease_ttl() -> ConfigDuration {
 fn default_reconcile_interval() -> ConfigDuration {
     ConfigDuration::from_secs(10)
 }
-fn default_weight() -> u32 {
+pub(crate) fn default_weight() -> u32 {
     registry::record::DEFAULT_WEIGHT
 }
-fn default_check_interval() -> ConfigDuration {
+pub(crate) fn default_check_interval() -> ConfigDuration {
     ConfigDuration::from_secs(1)
 }
-fn default_rise_fall() -> u32 {
+pub(crate) fn default_rise_fall() -> u32 {
     2
 }
-fn default_timeout() -> ConfigDuration {
+pub(crate) fn default_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(1)
 }
-fn default_path() -> String {
+pub(crate) fn default_path() -> String {
     "/".into()
 }
-fn default_method() -> String {
+pub(crate) fn default_method() -> String {
     "GET".into()
 }
 

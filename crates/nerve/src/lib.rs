@@ -16,6 +16,8 @@
 //! - [`registrar`]: makes etcd hold exactly those registrations under the process's lease
 //!   (kept by [`registry::lease`]), and reconciles periodically.
 //! - [`reload`]: SIGHUP as a pure diff between the old and the new configuration.
+//! - [`import`]: `--import-smartstack`: an Airbnb nerve JSON configuration converted into
+//!   ours (pure), written by `config_yaml` as YAML that reads back as the same values.
 //! - [`admin`]: nerve's routes on the shared admin server of [`daemon`] (`/health`, `/status`,
 //!   maintenance switches).
 //! - This file: [`Nerve`], which wires them together and is what `main.rs` and the tests run.
@@ -24,13 +26,15 @@
 #![forbid(unsafe_code)]
 
 // Private unless something outside needs them: `config` is `main.rs`'s (`config::load`)
-// and the tests'; what else they use is re-exported below.
+// and the tests', `import` is `main.rs`'s; what else they use is re-exported below.
 mod admin;
 mod check;
 pub mod config;
+mod config_yaml;
 mod counters;
 mod health;
 mod history;
+pub mod import;
 mod metrics;
 mod monitor;
 mod registrar;

@@ -4,12 +4,13 @@
 //!
 //! - SIGHUP: reload the file (an invalid file is logged and the running config kept).
 //! - SIGTERM / SIGINT: deregister everything (one lease revoke), wait `shutdown_delay`, exit 0.
+//! - `--import-smartstack FILE`: an Airbnb nerve JSON file converted ([`nerve::import`]).
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use daemon::{About, BoxError, Daemon};
+use daemon::{About, BoxError, Daemon, Imported};
 use nerve::{Nerve, NerveConfig};
 use registry::ConfigError;
 
@@ -21,6 +22,14 @@ impl Daemon for Program {
 
     fn load(path: &Path) -> Result<NerveConfig, ConfigError> {
         nerve::config::load(path)
+    }
+
+    fn import_smartstack(path: &Path, text: &str) -> Result<Imported, String> {
+        let converted = nerve::import::import_smartstack(path, text).map_err(|e| e.to_string())?;
+        Ok(Imported {
+            yaml: converted.yaml,
+            warnings: converted.warnings.iter().map(ToString::to_string).collect(),
+        })
     }
 
     async fn start(config: NerveConfig) -> Result<Self, BoxError> {

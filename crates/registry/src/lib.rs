@@ -14,6 +14,9 @@
 //! - [`snapshot`]: a consistent read of a whole prefix, in pages, whatever its size.
 //! - [`grace`]: the grace period that keeps instances a resync says are gone (a rebuilt,
 //!   rewound or different etcd) while the registry refills; a pure decision.
+//! - [`import`]: what the `--import-smartstack` converters of both programs share: an Airbnb
+//!   SmartStack JSON file read as a tree whose nodes know their JSON path, keys used or
+//!   warned about, and the YAML pieces both write.
 //! - [`discovery`]: the instances of one service, kept current by get + watch with resync,
 //!   published on a `tokio::sync::watch` channel.
 //!
@@ -25,6 +28,7 @@ pub mod config;
 pub mod discovery;
 pub mod etcd;
 pub mod grace;
+pub mod import;
 pub mod key;
 pub mod lease;
 pub mod record;

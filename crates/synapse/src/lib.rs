@@ -7,6 +7,9 @@
 //! (no import circle), and pure logic stays apart from I/O so it can be tested as such.
 //! - [`config`]: the configuration file, its defaults and validation (errors name the key).
 //! - `latency`: a backend's peak-EWMA response time (pure step, atomic holder).
+//! - [`import`]: `--import-smartstack`: an Airbnb synapse JSON configuration converted into
+//!   ours (pure); `haproxy_lines` reads its HAProxy lines for what we have an equivalent
+//!   of, and `config_yaml` writes the services as YAML that reads back as the same values.
 //! - `slow_start`: the ramp of a new or restored backend's weight (pure).
 //! - `balance`: pure backend picks (smooth weighted round robin, power of two choices,
 //!   weighted random), zone affinity and the ejection panic fallback.
@@ -48,9 +51,9 @@
 //!   changed; then commit: cannot fail) and shuts it down; `main.rs` only parses the command
 //!   line and turns signals into calls on it.
 //!
-//! Only [`config`], [`cache`] (its file format, read by tests) and [`descriptors`] (raised
-//! by `main.rs` before the runtime starts) are public modules; what else is used outside is
-//! re-exported here.
+//! Only [`config`], [`cache`] (its file format, read by tests), [`descriptors`] (raised
+//! by `main.rs` before the runtime starts) and [`import`] (`main.rs`'s) are public
+//! modules; what else is used outside is re-exported here.
 //!
 //! Discovery itself (get + watch + resync, static stability) is `registry::discovery`,
 //! shared with anything else that needs to follow the registry.
@@ -63,11 +66,14 @@ mod backends;
 mod balance;
 pub mod cache;
 pub mod config;
+mod config_yaml;
 mod copy;
 pub mod descriptors;
 mod ejection;
 mod forward;
+mod haproxy_lines;
 mod http;
+pub mod import;
 mod latency;
 mod limit;
 mod metrics;

@@ -4,6 +4,7 @@
 //!
 //! - SIGHUP: reload the file (an invalid file is logged and the running config kept).
 //! - SIGTERM / SIGINT: stop accepting, let connections finish up to `shutdown_timeout`, exit 0.
+//! - `--import-smartstack FILE`: an Airbnb synapse JSON file converted ([`synapse::import`]).
 //!
 //! At start the soft descriptor limit is raised to the hard limit (`synapse::descriptors`).
 #![forbid(unsafe_code)]
@@ -11,7 +12,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use daemon::{About, BoxError, Daemon};
+use daemon::{About, BoxError, Daemon, Imported};
 use registry::ConfigError;
 use synapse::{Synapse, SynapseConfig};
 
@@ -23,6 +24,15 @@ impl Daemon for Program {
 
     fn load(path: &Path) -> Result<SynapseConfig, ConfigError> {
         SynapseConfig::load(path)
+    }
+
+    fn import_smartstack(path: &Path, text: &str) -> Result<Imported, String> {
+        let converted =
+            synapse::import::import_smartstack(path, text).map_err(|e| e.to_string())?;
+        Ok(Imported {
+            yaml: converted.yaml,
+            warnings: converted.warnings.iter().map(ToString::to_string).collect(),
+        })
     }
 
     /// Before anything is accepted: every service's share is computed from the raised limit.
