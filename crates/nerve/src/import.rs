@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use registry::import::{self, At, Converted, ImportError, Problem, Source, Warning};
-use registry::{ConfigDuration, EtcdConfig};
+use registry::ConfigDuration;
 
 use crate::config::{
     self, default_method, CheckConfig, ExecCheckConfig, HttpCheckConfig, ServiceConfig, StatusSet,
@@ -440,40 +440,11 @@ fn render(file: &Path, c: &Conversion) -> String {
     out
 }
 
-/// The written text must load, and load as what was converted: a refusal is reported at
-/// the JSON path of the service it concerns.
+/// The written text must load, and load as what was converted.
 fn verify(file: &Path, yaml: &str, c: &Conversion) -> Result<(), ImportError> {
-    let error = |path: String, message: String| ImportError {
-        file: file.to_owned(),
-        path,
-        message,
-    };
-    match config::parse(file, yaml) {
-        Ok(loaded) => {
-            let etcd = EtcdConfig::new(vec![import::PLACEHOLDER_ENDPOINT.to_owned()]);
-            if loaded.services == c.services && loaded.etcd == etcd {
-                Ok(())
-            } else {
-                Err(error(
-                    String::new(),
-                    "the written YAML does not read back as converted (a bug of the importer)"
-                        .into(),
-                ))
-            }
-        }
-        Err(e) => {
-            let path = import::service_index(&e.key)
-                .and_then(|i| c.origins.get(i).cloned())
-                .unwrap_or_default();
-            Err(error(
-                path,
-                format!(
-                    "our configuration refuses the result: {}: {}",
-                    e.key, e.message
-                ),
-            ))
-        }
-    }
+    let loaded = config::parse(file, yaml)
+        .map(|l| l.services == c.services && l.etcd == import::placeholder_etcd());
+    import::verify(file, &c.origins, loaded)
 }
 
 #[cfg(test)]

@@ -465,6 +465,46 @@ pub fn etcd_placeholder(sources: &[Source]) -> String {
 }
 
 /// The comment opening a converted file.
+/// Checks the importer's own output: `loaded` is our loader's verdict on the written YAML
+/// (whether it read back as the converted services under the placeholder etcd block, or
+/// why it refused). A refusal is reported at the JSON path (`origins`, by service index) of
+/// the service it concerns.
+pub fn verify(
+    file: &Path,
+    origins: &[String],
+    loaded: Result<bool, crate::ConfigError>,
+) -> Result<(), ImportError> {
+    let error = |path: String, message: String| ImportError {
+        file: file.to_owned(),
+        path,
+        message,
+    };
+    match loaded {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(error(
+            String::new(),
+            "the written YAML does not read back as converted (a bug of the importer)".into(),
+        )),
+        Err(e) => {
+            let path = service_index(&e.key)
+                .and_then(|i| origins.get(i).cloned())
+                .unwrap_or_default();
+            Err(error(
+                path,
+                format!(
+                    "our configuration refuses the result: {}: {}",
+                    e.key, e.message
+                ),
+            ))
+        }
+    }
+}
+
+/// The etcd block the placeholder text loads as.
+pub fn placeholder_etcd() -> crate::EtcdConfig {
+    crate::EtcdConfig::new(vec![PLACEHOLDER_ENDPOINT.to_owned()])
+}
+
 pub fn header(program: &str, file: &Path) -> String {
     format!(
         "# Converted by `{program} --import-smartstack` from {}.\n\

@@ -26,6 +26,7 @@ use crate::ejection::EjectionState;
 use crate::latency::PeakEwma;
 use crate::resolution::Resolution;
 use crate::slow_start;
+use crate::traffic::ByteCounts;
 
 /// One routable instance as the registry (or the cache, or `default_servers`) describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +58,7 @@ pub struct BackendState {
     connect_failures: AtomicU64,
     /// Requests it closed the connection on before answering (with `retry_unanswered`).
     unanswered: AtomicU64,
-    bytes_to_backend: AtomicU64,
-    bytes_to_client: AtomicU64,
+    bytes: ByteCounts,
     ejection: EjectionState,
     /// Its DNS name's addresses (unused for an IP literal).
     resolution: Resolution,
@@ -81,8 +81,7 @@ impl Default for BackendState {
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
-            bytes_to_backend: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
+            bytes: ByteCounts::default(),
             ejection: EjectionState::default(),
             resolution: Resolution::default(),
             latency: PeakEwma::default(),
@@ -146,20 +145,12 @@ impl BackendState {
 
     /// `bytes` more were relayed to the backend (`to_backend`) or from it.
     pub fn moved(&self, to_backend: bool, bytes: u64) {
-        let counter = if to_backend {
-            &self.bytes_to_backend
-        } else {
-            &self.bytes_to_client
-        };
-        counter.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.add(to_backend, bytes);
     }
 
     /// Bytes relayed (to the backend, to clients) since the backend appeared.
     pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes_to_backend.load(Ordering::Relaxed),
-            self.bytes_to_client.load(Ordering::Relaxed),
-        )
+        self.bytes.get()
     }
 
     pub fn count_unanswered(&self) {

@@ -18,13 +18,14 @@
 //! - `ejection`: passive outlier ejection, all of it: each backend's ejection state, the
 //!   policy (pure functions) and the per-service `Ejector` that serialises decisions, ends
 //!   expired ejections and logs ejections and restorations.
+//! - `traffic`: a service's traffic counters (connections, connect attempts by result,
+//!   retries, replays, bytes, duration histograms) as relaxed atomics;
+//!   `ByteCounts`, also a backend's.
 //! - `backends`: a backend is its identity (`BackendSpec`) plus its mutable `BackendState`
 //!   (counters, ejection, DNS addresses, drain); the immutable backend set and its pure
 //!   update from a registry view (state kept, removed backends draining, drained ones
 //!   shown for a while).
 //! - `limit`: `max_connections` as a lock-free counter the accept loop waits on.
-//! - `traffic`: a service's traffic counters (connections, connect attempts by result,
-//!   retries, replays, bytes, duration histograms) as relaxed atomics.
 //! - `state`: one service's state at run time, a handle over private fields that everything
 //!   above uses through methods (configuration, backend set, readiness, the ejector, the
 //!   status page); it carries the watch channel on which the follower publishes its source

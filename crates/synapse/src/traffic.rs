@@ -58,8 +58,7 @@ pub struct Traffic {
     connect_attempts: [AtomicU64; 4],
     retries: AtomicU64,
     replays: AtomicU64,
-    bytes_to_backend: AtomicU64,
-    bytes_to_client: AtomicU64,
+    bytes: ByteCounts,
     connect_duration: Histogram,
     connection_duration: Histogram,
     /// http mode: answered requests by status class (1xx..5xx), synapse's own answers
@@ -77,14 +76,40 @@ impl Default for Traffic {
             connect_attempts: Default::default(),
             retries: AtomicU64::new(0),
             replays: AtomicU64::new(0),
-            bytes_to_backend: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
+            bytes: ByteCounts::default(),
             connect_duration: Histogram::new(SHORT_SECONDS),
             connection_duration: Histogram::new(LIFETIME_SECONDS),
             requests: Default::default(),
             request_duration: Histogram::new(SHORT_SECONDS),
             budget_exhausted: AtomicU64::new(0),
         }
+    }
+}
+
+/// Bytes relayed each way (a service's, or one backend's).
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl ByteCounts {
+    /// `bytes` more went to the backend (`to_backend`) or to the client.
+    pub fn add(&self, to_backend: bool, bytes: u64) {
+        let counter = if to_backend {
+            &self.to_backend
+        } else {
+            &self.to_client
+        };
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// (to the backend, to the client).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.to_backend.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -133,12 +158,7 @@ impl Traffic {
     }
 
     pub fn moved(&self, to_backend: bool, bytes: u64) {
-        let counter = if to_backend {
-            &self.bytes_to_backend
-        } else {
-            &self.bytes_to_client
-        };
-        counter.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.add(to_backend, bytes);
     }
 
     /// http mode: a request was answered with `status` after `took` (to its response
@@ -170,8 +190,8 @@ impl Traffic {
             retries_total: load(&self.retries),
             replays_total: load(&self.replays),
             ejections_total: ejections,
-            bytes_to_backend: load(&self.bytes_to_backend),
-            bytes_to_client: load(&self.bytes_to_client),
+            bytes_to_backend: self.bytes.get().0,
+            bytes_to_client: self.bytes.get().1,
             requests: RequestClasses {
                 informational: load(&self.requests[0]),
                 success: load(&self.requests[1]),
