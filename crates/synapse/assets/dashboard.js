@@ -36,6 +36,7 @@ const COLUMNS = [
   ["Failed", "num", "failed connects since the instance appeared"],
   ["Failed/s", "num", "failed connects per second"],
   ["Unanswered", "num", "requests closed unanswered, sent again elsewhere (retry_unanswered)"],
+  ["Latency", "num", "peak-EWMA response time (http mode)"],
   ["To backend", "num", "bytes sent to the instance"],
   ["To client", "num", "bytes sent back to clients"],
 ];
@@ -123,6 +124,8 @@ function renderBackends(v, name, s, now) {
       h("td", { class: "num " + (b.connect_failures > 0 ? "warn" : "") }, count(b.connect_failures)),
       h("td", { class: "num " + (failRate > 0 ? "bad" : "") }, rate(failRate)),
       h("td", { class: "num" }, count(b.unanswered)),
+      h("td", { class: "num" }, b.latency_ms === undefined || !s.traffic || !s.traffic.requests
+        || sum(Object.values(s.traffic.requests)) === 0 ? DASH : b.latency_ms.toFixed(1) + " ms"),
       h("td", { class: "num" }, bytes(b.bytes_to_backend)),
       h("td", { class: "num" }, bytes(b.bytes_to_client)),
     ));
@@ -132,6 +135,19 @@ function renderBackends(v, name, s, now) {
   }
   v.tbody.replaceChildren(...rows);
   return { connRate: sum(connRates), failRate: sum(failRates) };
+}
+
+// http mode: answered requests by status class, shown once a request was answered.
+function requestFacts(t) {
+  const r = t.requests;
+  if (!r || sum(Object.values(r)) === 0) return [];
+  return [
+    fact("2xx", count(r["2xx"]), "ok"),
+    fact("4xx", count(r["4xx"])),
+    fact("5xx", count(r["5xx"]), r["5xx"] > 0 ? "warn" : ""),
+    fact("retry budget spent", count(t.retry_budget_exhausted_total),
+      t.retry_budget_exhausted_total > 0 ? "warn" : ""),
+  ];
 }
 
 // The service's totals: from `traffic` where synapse sends it (it also counts connections
@@ -159,6 +175,7 @@ function renderTraffic(v, name, s, now, fromBackends) {
       fact("retries", count(t.retries_total)),
       fact("replays", count(t.replays_total)),
       fact("ejections", count(t.ejections_total), t.ejections_total > 0 ? "warn" : ""),
+      ...requestFacts(t),
       fact("to backends", bytes(t.bytes_to_backend) + (toBackend === null ? "" : " (" + bytes(toBackend) + "/s)")),
       fact("to clients", bytes(t.bytes_to_client) + (toClient === null ? "" : " (" + bytes(toClient) + "/s)")),
     );
