@@ -59,6 +59,8 @@ if [ -n "$rootfs_only" ]; then
   root=$rootfs_only
 else
   command -v docker >/dev/null || die "docker not found (Debian: docker.io)"
+  docker info >/dev/null 2>&1 \
+    || die "no Docker daemon answers: start one (systemctl start docker, or dockerd &) and run again"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   root=$work/rootfs

@@ -72,6 +72,11 @@ async fn docker(args: &[&str]) -> String {
     docker::run(args).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `docker` with the words of `line` as its arguments (none of them holds a space).
+async fn docker_words(line: &str) -> String {
+    docker(&line.split_whitespace().collect::<Vec<_>>()).await
+}
+
 fn nerve_config(etcd: &str, id: &str, ip: &str) -> String {
     format!(
         "etcd:\n  endpoints: [\"{etcd}\"]\nlease_ttl: {LEASE_TTL_SECS}s\nservices:\n\
@@ -80,9 +85,11 @@ fn nerve_config(etcd: &str, id: &str, ip: &str) -> String {
     )
 }
 
-/// A killed provider: connects to it time out (its address is gone, nothing answers) and
-/// are retried elsewhere after `connect_timeout`; a request it took and never answered is
-/// sent again to another instance (`retry_unanswered`: the app's requests may be repeated).
+/// A killed provider: connects to it fail (refused while its container goes down, or
+/// unanswered once its address is gone: `connect_timeout`) and are retried on another
+/// instance, and `eject_after` failures take it out of the rotation; a request it took and
+/// never answered is sent again elsewhere (`retry_unanswered`: the app's requests may be
+/// repeated).
 fn synapse_config(etcd: &str) -> String {
     format!(
         "etcd:\n  endpoints: [\"{etcd}\"]\nadmin: {SYNAPSE_ADMIN}\nservices:\n\
@@ -277,23 +284,10 @@ async fn start_provider(
 ) {
     let name = scope.name(id);
     let mount = format!("{}:/etc/smartstack:ro", config_dir.display());
-    let config = format!("/etc/smartstack/nerve-{id}.yaml");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        net,
-        "--ip",
-        ip,
-        "-v",
-        &mount,
-        image,
-        "nerve",
-        "-c",
-        &config,
-    ])
+    docker_words(&format!(
+        "run -d --name {name} --network {net} --ip {ip} -v {mount} {image} \
+         nerve -c /etc/smartstack/nerve-{id}.yaml"
+    ))
     .await;
     let listen = format!("{ip}:{APP_PORT}");
     docker(&["exec", "-d", &name, "mesh-app", "serve", id, &listen]).await;
@@ -355,6 +349,11 @@ async fn a_provider_container_killed_under_load_fails_no_request_and_a_new_one_i
     let etcd_url = format!("http://{etcd_ip}:2379");
 
     let config_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let shown = config_dir.path().display().to_string();
+    assert!(
+        !shown.contains(char::is_whitespace),
+        "the temp dir {shown:?} holds a space, which docker_words cannot pass"
+    );
     let write = |file: &str, text: &str| {
         let path = config_dir.path().join(file);
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -375,32 +374,14 @@ async fn a_provider_container_killed_under_load_fails_no_request_and_a_new_one_i
     }
 
     let etcd_name = scope.name("etcd");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &etcd_name,
-        "--network",
-        &net,
-        "--ip",
-        &etcd_ip,
-        &image,
-        "etcd",
-        "--name",
-        "etcd",
-        "--data-dir",
-        "/tmp/etcd",
-        "--listen-client-urls",
-        "http://0.0.0.0:2379",
-        "--advertise-client-urls",
-        &etcd_url,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "etcd=http://127.0.0.1:2380",
-    ])
+    docker_words(&format!(
+        "run -d --name {etcd_name} --network {net} --ip {etcd_ip} {image} \
+         etcd --name etcd --data-dir /tmp/etcd \
+         --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls {etcd_url} \
+         --listen-peer-urls http://127.0.0.1:2380 \
+         --initial-advertise-peer-urls http://127.0.0.1:2380 \
+         --initial-cluster etcd=http://127.0.0.1:2380"
+    ))
     .await;
     // The test watches the registrations from the host (the internal network's bridge).
     let registry = Registry::watch(&etcd_url).await;
@@ -418,22 +399,10 @@ async fn a_provider_container_killed_under_load_fails_no_request_and_a_new_one_i
     }
     let consumer = scope.name("consumer");
     let mount = format!("{}:/etc/smartstack:ro", config_dir.path().display());
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &consumer,
-        "--network",
-        &net,
-        "--ip",
-        &format!("{base}.20"),
-        "-v",
-        &mount,
-        &image,
-        "synapse",
-        "-c",
-        "/etc/smartstack/synapse.yaml",
-    ])
+    docker_words(&format!(
+        "run -d --name {consumer} --network {net} --ip {base}.20 -v {mount} {image} \
+         synapse -c /etc/smartstack/synapse.yaml"
+    ))
     .await;
     registry.wait("p1", true).await;
     registry.wait("p2", true).await;
@@ -445,20 +414,8 @@ async fn a_provider_container_killed_under_load_fails_no_request_and_a_new_one_i
 
     // What an operator sees, with the image's etcdctl, from the consumer container.
     let etcdctl = || {
-        let (consumer, endpoint) = (consumer.clone(), etcd_url.clone());
-        async move {
-            docker(&[
-                "exec",
-                &consumer,
-                "etcdctl",
-                "--endpoints",
-                &endpoint,
-                "get",
-                "--prefix",
-                PREFIX,
-            ])
-            .await
-        }
+        let line = format!("exec {consumer} etcdctl --endpoints {etcd_url} get --prefix {PREFIX}");
+        async move { docker_words(&line).await }
     };
     let listing = etcdctl().await;
     println!("etcdctl get --prefix {PREFIX} (in the consumer container):\n{listing}");
@@ -542,6 +499,17 @@ async fn a_provider_container_killed_under_load_fails_no_request_and_a_new_one_i
         counter(&metrics, &format!("synapse_retries_total{web}")),
         counter(&metrics, &format!("synapse_replays_total{web}")),
         counter(&metrics, &format!("synapse_ejections_total{web}")),
+    );
+    let attempts = |result: &str| {
+        let series =
+            format!("synapse_connect_attempts_total{{service=\"web\",result=\"{result}\"}}");
+        counter(&metrics, &series)
+    };
+    println!(
+        "synapse's failed connects: {} refused, {} timed out, {} other errors",
+        attempts("refused"),
+        attempts("timeout"),
+        attempts("error")
     );
     assert_eq!(failed, 0, "requests failed:\n{}", failures.join("\n"));
     for id in ["p1", "p2", "p3"] {
