@@ -1,10 +1,11 @@
 # The two commands a new machine needs are `make demo` and `make test`; both install what
-# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium).
+# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium;
+# docker.io if it can be installed: without it the container test is skipped, loudly).
 CARGO ?= cargo
 SHELL := /bin/bash
 TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
 
-.PHONY: deps build test lint demo bench
+.PHONY: deps build test lint demo bench image
 
 deps:
 	@./deploy/install-deps.sh
@@ -21,6 +22,13 @@ test: build
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The container image smartstack-rs:<version> and :latest (nerve, synapse, etcdctl), assembled
+# from the release binaries and their shared libraries and `docker import`ed: nothing is
+# pulled. deploy/docker/Dockerfile is the conventional build for machines with a registry.
+image: deps
+	$(CARGO) build --release --bin nerve --bin synapse
+	./deploy/docker/build-image.sh
 
 demo: build
 	./deploy/demo.sh

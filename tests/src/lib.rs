@@ -7,16 +7,20 @@
 //! - [`daemon`]: the real `nerve`/`synapse` binaries started on a configuration of the
 //!   test's, waited for until they say they started; the one way tests start them.
 //! - [`admin`]: requests to a daemon's admin HTTP server.
+//! - [`docker`]: a Docker daemon (started if none answers), and a scope that removes every
+//!   container, network and image a test names with its prefix.
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
-//! Everything binds 127.0.0.1 only.
+//! Everything binds 127.0.0.1 only, except containers, which join internal Docker networks
+//! (198.18.x.0/24, no route off the machine) that their test creates.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backend;
 pub mod bulk;
 pub mod daemon;
+pub mod docker;
 pub mod etcd;
 pub mod link;
 pub mod process;

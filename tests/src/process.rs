@@ -62,6 +62,22 @@ impl ChildProcess {
         }
     }
 
+    /// SIGTERM, then waits (blocking, for use in `Drop`) up to `deadline` for the exit;
+    /// `None` if it is still running (the drop then kills it).
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
