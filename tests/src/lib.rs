@@ -10,7 +10,11 @@
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
 //!
-//! Everything binds 127.0.0.1 only.
+//! - [`netns`]: simulated hosts (network namespaces on one bridge, 198.18.0.0/15 addresses)
+//!   that can be cut off or slowed down; [`load`]: a load client run inside one of them.
+//!
+//! Everything binds 127.0.0.1 only, or addresses that exist only inside namespaces
+//! [`netns`] created.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +23,8 @@ pub mod bulk;
 pub mod daemon;
 pub mod etcd;
 pub mod link;
+pub mod load;
+pub mod netns;
 pub mod process;
 
 use std::future::Future;
