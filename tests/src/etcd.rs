@@ -121,6 +121,8 @@ pub struct EtcdCluster {
     options: EtcdOptions,
     /// Where `etcdctl` runs: the test's own namespace, or a simulated host's.
     ctl_netns: Option<String>,
+    /// Member ids learnt so far (they never change, and a member cut off cannot be asked).
+    ids: std::sync::Mutex<Vec<Option<u64>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -146,6 +148,7 @@ impl EtcdCluster {
             members,
             options,
             ctl_netns: None,
+            ids: std::sync::Mutex::new(vec![None; size]),
             _dir: dir,
         };
         for i in 0..size {
@@ -177,6 +180,7 @@ impl EtcdCluster {
             members,
             options: EtcdOptions::default(),
             ctl_netns: Some(operator.netns().to_owned()),
+            ids: std::sync::Mutex::new(vec![None; hosts.len()]),
             _dir: dir,
         };
         for i in 0..hosts.len() {
@@ -288,6 +292,7 @@ impl EtcdCluster {
     pub async fn restart_empty(&mut self) {
         assert_eq!(self.members.len(), 1, "restart_empty is for single members");
         self.kill(0);
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())[0] = None;
         let dir = self.members[0].data_dir.clone();
         if dir.exists() {
             std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("rm {}: {e}", dir.display()));
@@ -363,17 +368,20 @@ impl EtcdCluster {
             .position(|id| id == Some(leader))
     }
 
-    /// Each member's id, as etcd reports it (`None` for one that does not answer).
+    /// Each member's id, as etcd reports it (`None` for one that never answered yet).
     pub fn member_ids(&self) -> Vec<Option<u64>> {
-        (0..self.members.len())
-            .map(|i| {
-                let out = self
+        let mut known = self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, id) in known.iter_mut().enumerate() {
+            if id.is_none() {
+                *id = self
                     .try_etcdctl_on(&[i], &["endpoint", "status", "--write-out", "json"])
-                    .ok()?;
-                let status: serde_json::Value = serde_json::from_str(&out).ok()?;
-                status[0]["Status"]["header"]["member_id"].as_u64()
-            })
-            .collect()
+                    .ok()
+                    .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                    .and_then(|s| s[0]["Status"]["header"]["member_id"].as_u64());
+            }
+        }
+        *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = known.clone();
+        known
     }
 
     /// Makes member `to` the leader (`etcdctl move-leader`, sent to the current leader).
