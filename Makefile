@@ -4,7 +4,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
 
-.PHONY: deps build test lint demo bench
+.PHONY: deps build test lint demo cluster-demo bench
 
 deps:
 	@./deploy/install-deps.sh
@@ -24,6 +24,11 @@ lint: deps
 
 demo: build
 	./deploy/demo.sh
+
+# The multi-host scenarios (tests/e2e/multi_host.rs) narrated: simulated hosts in network
+# namespaces, a 3-member etcd, releases and failures under load; needs root.
+cluster-demo: build
+	./deploy/cluster-demo.sh
 
 # Benchmarks against HAProxy and the bare backend (not part of `make test`): installs
 # haproxy, nginx, wrk, iperf3, gnuplot; writes docs/benchmarks.md and docs/benchmarks.png.

@@ -142,16 +142,22 @@ struct Traffic {
 
 impl Traffic {
     fn start(c: &Cluster) -> Traffic {
-        Self::start_with(c, 4, Duration::from_millis(20), 4)
+        Self::start_with(c, 4, Duration::from_millis(20), 4, CLIENT_TIMEOUT)
     }
 
-    fn start_with(c: &Cluster, new_workers: usize, pace: Duration, long_workers: usize) -> Traffic {
+    fn start_with(
+        c: &Cluster,
+        new_workers: usize,
+        pace: Duration,
+        long_workers: usize,
+        timeout: Duration,
+    ) -> Traffic {
         let target = SocketAddr::from(([127, 0, 0, 1], LISTEN));
         let load = |mode, workers| Load {
             mode,
             workers,
             pace,
-            timeout: CLIENT_TIMEOUT,
+            timeout,
         };
         let started = Instant::now();
         Traffic {
@@ -523,7 +529,7 @@ async fn rolling_release(c: &mut Cluster) {
         let routed = traffic.reaches(&greeting).await;
         c.wait_routes(&[keep, new]).await;
         say(&format!(
-            "{old} v1 on {from}: disabled, drained in {}, stopped; {new} v2 on {host} routable {} after its nerve started",
+            "{old} v1 on {from}: disabled, drained in {}, stopped; {new} v2 on {host} answering {} after its registration",
             ms(drain),
             ms(routed)
         ));
@@ -534,7 +540,7 @@ async fn rolling_release(c: &mut Cluster) {
     // The last requests went to v2 only.
     let after = Traffic::start(c);
     after.flows(100).await;
-    let (new, _) = after.finish(c, "after the release").await;
+    let (new, _) = after.finish(c, "after the release, v2 only").await;
     assert!(
         new.by_backend.keys().all(|b| b.contains(" v2 ")),
         "v1 still answers: {:?}",
@@ -545,7 +551,7 @@ async fn rolling_release(c: &mut Cluster) {
 /// (3) A canary at weight 5 among instances at 100: its share of new connections.
 async fn canary(c: &mut Cluster) {
     say("scenario 3: canary web-9 v3 at weight 5 next to web-7 and web-8 at 100");
-    let traffic = Traffic::start_with(c, 4, Duration::from_millis(10), 4);
+    let traffic = Traffic::start_with(c, 4, Duration::from_millis(10), 4, CLIENT_TIMEOUT);
     traffic.flows(100).await;
     let greeting = c.launch("web-9", "v3", "p1", 5).await;
     wait_until("synapse sees the canary at weight 5", DEADLINE, || async {
@@ -628,7 +634,7 @@ async fn provider_host_cut(c: &mut Cluster) {
     ));
     // Load on the survivors, well after any request that was in flight timed out.
     traffic.flows(300).await;
-    let failed_window = cut_at.duration_since(traffic.started);
+    let cut_offset = cut_at.duration_since(traffic.started);
     host.heal().await;
     let back = c.wait_routes(&["web-7", "web-8", "web-9"]).await;
     say(&format!(
@@ -639,7 +645,7 @@ async fn provider_host_cut(c: &mut Cluster) {
     let (new, long) = traffic.finish(c, "provider host cut off").await;
     let failed = new.failed + long.failed;
     let bound = 4 + 4;
-    let cut_ms = failed_window.as_millis() as u64;
+    let cut_ms = cut_offset.as_millis() as u64;
     say(&format!(
         "failed requests: {failed} (bound: one per client connection open to p4 at the cut, at most {bound} here)"
     ));
@@ -660,9 +666,13 @@ async fn provider_host_cut(c: &mut Cluster) {
         "keys left after {gone:?}"
     );
     c.summary.push(format!(
-        "provider host cut: keys gone after {} (TTL {} s); {failed} failed requests, all in flight on p4 at the cut",
+        "provider host cut: keys gone after {} (TTL {} s), back {} after the heal; failed: {failed} \
+         (new connections {}, long connections {}), all in flight on p4 at the cut",
         ms(gone),
-        LEASE_TTL.as_secs()
+        LEASE_TTL.as_secs(),
+        ms(back),
+        new.failed,
+        long.failed
     ));
 }
 
@@ -905,7 +915,11 @@ async fn slow_network(c: &mut Cluster) {
         loss: 0.01,
     };
     let link = c.net.slow(&c.consumer, &providers, netem).await;
-    let traffic = Traffic::start_with(c, 8, Duration::from_millis(20), 4);
+    // A patient client: a new connection whose last handshake packet (the ACK) is lost
+    // waits for the server's SYN-ACK to be sent again, 1 s later, then 2 s later if that
+    // one is lost too; 5 s covers two losses in a row.
+    let patience = Duration::from_secs(5);
+    let traffic = Traffic::start_with(c, 8, Duration::from_millis(20), 4, patience);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         traffic.flows(50).await;
@@ -936,7 +950,7 @@ async fn slow_network(c: &mut Cluster) {
 
 /// The two tests of this file one at a time: each measures times that the other's load
 /// would distort on a small machine.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether simulated hosts can be made here; if not, says so loudly (straight to stderr:
 /// the harness shows a passing test's output only with --nocapture, and a skip must be
@@ -960,7 +974,7 @@ async fn the_harness_cuts_blocks_and_slows_links_and_leaves_nothing_behind() {
     if !can_run("the multi-host harness test") {
         return;
     }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().await;
     let ns_list = || {
         let out = std::process::Command::new("ip")
             .args(["netns", "list"])
@@ -1094,7 +1108,7 @@ async fn a_simulated_cluster_goes_through_releases_and_failures_under_load() {
     if !can_run("the multi-host scenarios") {
         return;
     }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     let mut c = Cluster::start().await;
     c.launch("web-1", "v1", "p1", 100).await;
