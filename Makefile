@@ -1,5 +1,6 @@
 # The two commands a new machine needs are `make demo` and `make test`; both install what
-# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium).
+# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium,
+# iproute2, iptables).
 CARGO ?= cargo
 SHELL := /bin/bash
 TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
