@@ -9,9 +9,9 @@
 //! - [`admin`]: requests to a daemon's admin HTTP server.
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
-//!
 //! - [`netns`]: simulated hosts (network namespaces on one bridge, 198.18.0.0/15 addresses)
-//!   that can be cut off or slowed down; [`load`]: a load client run inside one of them.
+//!   that can be cut off or slowed down, etcd members on them ([`EtcdCluster::start_on`]);
+//!   [`load`]: a load client run inside one of them.
 //!
 //! Everything binds 127.0.0.1 only, or addresses that exist only inside namespaces
 //! [`netns`] created.

@@ -6,9 +6,9 @@
 //! nothing is routed off the machine.
 //!
 //! ```text
-//!   ssrs-<pid>-switch:  br0 198.18.0.1/24 -- p0 -- p1 -- p2 ...      (bridge ports)
-//!                                             |     |     |
-//!   ssrs-<pid>-<host>:                      eth0  eth0  eth0  198.18.0.11, .12, ...
+//!   ssrs-<pid>-<n>-switch:  br0 198.18.0.1/24 -- p0 -- p1 -- p2 ...   (bridge ports)
+//!                                                 |     |     |
+//!   ssrs-<pid>-<n>-<host>:                      eth0  eth0  eth0  198.18.0.11, .12, ...
 //! ```
 //!
 //! - Processes run inside a host with `ip netns exec` ([`Host::command`]), which execs the
@@ -19,13 +19,14 @@
 //!   no thread of a pool is ever left in another namespace.
 //! - A host is cut off the network by taking its bridge port down ([`Host::cut`]): its
 //!   peers' packets vanish, no RST, no ICMP, as when a cable is pulled; [`Host::heal`]
-//!   takes it up. [`Host::block`] drops what goes between a host and some peers only
-//!   (iptables in the host's namespace), and [`Host::slow`] delays and drops a share of it
-//!   (see [`Netem`]).
-//! - Everything is named `ssrs-<pid>-<n>-...` (`n` counts the networks of the process). Dropping the [`Network`] kills what still runs
-//!   in its namespaces (by PID, from `ip netns pids`) and deletes them, which deletes their
-//!   veths, bridge and iptables rules with them. [`Network::create`] first removes what a
-//!   run that was killed left behind: namespaces whose `<pid>` is no longer running.
+//!   takes it up (and waits until packets pass again). [`Host::block`] drops what goes
+//!   between a host and some peers only (iptables in the host's namespace), and
+//!   [`Network::slow`] delays and drops a share of it (see [`Netem`], [`SlowLink`]).
+//! - Everything is named `ssrs-<pid>-<n>-...` (`n` counts the networks of the process).
+//!   Dropping the [`Network`] kills what still runs in its namespaces (by PID, from `ip
+//!   netns pids`) and deletes them, which deletes their veths, bridge and iptables rules
+//!   with them. [`Network::create`] first removes what a run that was killed left behind:
+//!   namespaces whose `<pid>` no longer runs, with the processes still in them.
 //!
 //! Needs root and iproute2 + iptables: [`unavailable`] says why a test cannot run here.
 
