@@ -1,11 +1,12 @@
 # The two commands a new machine needs are `make demo` and `make test`; both install what
-# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium;
-# docker.io if it can be installed: without it the container test is skipped, loudly).
+# is missing first (Debian packages: protobuf-compiler, etcd-server, etcd-client, chromium,
+# iproute2, iptables; docker.io if it can be installed: without it the container test is
+# skipped, loudly).
 CARGO ?= cargo
 SHELL := /bin/bash
 TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
 
-.PHONY: deps build test lint demo bench image
+.PHONY: deps build test lint demo cluster-demo bench image
 
 deps:
 	@./deploy/install-deps.sh
@@ -32,6 +33,11 @@ image: deps
 
 demo: build
 	./deploy/demo.sh
+
+# The multi-host scenarios (tests/e2e/multi_host.rs) narrated: simulated hosts in network
+# namespaces, a 3-member etcd, releases and failures under load; needs root.
+cluster-demo: build
+	./deploy/cluster-demo.sh
 
 # Benchmarks against HAProxy and the bare backend (not part of `make test`): installs
 # haproxy, nginx, wrk, iperf3, gnuplot; writes docs/benchmarks.md and docs/benchmarks.png.

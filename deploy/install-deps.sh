@@ -2,12 +2,18 @@
 # Installs what building and testing need on a Debian machine, only if missing:
 # protoc and the well-known .proto files it imports (etcd-client compiles .proto files at build
 # time; with --no-install-recommends, protobuf-compiler alone lacks google/protobuf/*.proto),
-# etcd and etcdctl (tests and the demo run a real etcd), and Chromium (the dashboard test drives
-# the pages in a real headless browser). Docker (docker.io: the container test and
-# `make image`) is installed if it can be: where it cannot, the container test is skipped
-# with a loud message, so a failed install of it does not stop the build.
+# etcd and etcdctl (tests and the demo run a real etcd), Chromium (the dashboard test drives
+# the pages in a real headless browser), and iproute2 + iptables (the multi-host tests and
+# `make cluster-demo` build their simulated hosts from network namespaces, veths and a bridge,
+# and cut, block or slow their links; they run as root, so the tools may live in /sbin).
+# Docker (docker.io: the container test and `make image`) is installed if it can be: where it
+# cannot, the container test is skipped with a loud message, so a failed install of it does
+# not stop the build.
 set -euo pipefail
 missing=()
+have_admin_tool() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have_admin_tool ip || missing+=(iproute2)
+have_admin_tool iptables || missing+=(iptables)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)

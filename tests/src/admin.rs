@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// An admin server's answer.
 #[derive(Debug, Clone)]
@@ -23,9 +23,25 @@ pub async fn request(
     body: &str,
 ) -> Result<Reply, String> {
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        exchange(s, method, path, body).await
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within 5 s")))
+}
+
+/// `method path` with `body` over a connection already open (e.g. one made inside a
+/// simulated host, [`crate::netns::Host::admin`]), answered within 5 seconds.
+pub async fn exchange(
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Reply, String> {
+    let attempt = async {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()

@@ -26,7 +26,26 @@ impl Backend {
 
     /// Starts a backend on `addr` (e.g. to come back on the port it had before).
     pub async fn start_on(name: &str, addr: &str) -> Self {
-        let listener = bind(name, addr).await;
+        Self::serve_on(name, bind(name, addr).await)
+    }
+
+    /// Starts a backend on `IP:port` inside a simulated host (see [`crate::netns`]), as an
+    /// app in that host would listen on its own address.
+    pub async fn start_in(host: &crate::netns::Host, name: &str, port: u16) -> Self {
+        let addr = host.addr(port);
+        let listener = host
+            .bind(addr)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .unwrap_or_else(|e| {
+                panic!("backend {name} cannot bind {addr} in {}: {e}", host.name())
+            });
+        Self::serve_on(name, listener)
+    }
+
+    fn serve_on(name: &str, listener: TcpListener) -> Self {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("local_addr: {e}"));

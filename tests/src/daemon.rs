@@ -45,6 +45,17 @@ impl Daemon {
         daemon
     }
 
+    /// Starts `bin` inside a simulated host (`ip netns exec`), like [`Daemon::start`].
+    pub async fn start_in(host: &crate::netns::Host, bin: &str, config: &str) -> Daemon {
+        let daemon = Self::spawn_with(bin, config, |exe, config| {
+            let mut cmd = host.command(exe);
+            cmd.arg("--config").arg(config);
+            cmd
+        });
+        daemon.wait_started().await;
+        daemon
+    }
+
     /// Like [`Daemon::start`] without waiting: for binaries expected to fail at start.
     pub fn spawn(bin: &str, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
         Self::spawn_with(bin, config, |exe, config| {

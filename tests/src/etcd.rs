@@ -20,6 +20,10 @@ pub struct EtcdOptions {
 
 struct Member {
     name: String,
+    /// The address it listens on: 127.0.0.1, or its host's (see [`EtcdCluster::start_on`]).
+    ip: String,
+    /// The simulated host it runs in, if any.
+    netns: Option<String>,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -111,10 +115,14 @@ impl EtcdServer {
     }
 }
 
-/// Several etcd members forming one cluster on loopback.
+/// Several etcd members forming one cluster on loopback, or one member per simulated host.
 pub struct EtcdCluster {
     members: Vec<Member>,
     options: EtcdOptions,
+    /// Where `etcdctl` runs: the test's own namespace, or a simulated host's.
+    ctl_netns: Option<String>,
+    /// Member ids learnt so far (they never change, and a member cut off cannot be asked).
+    ids: std::sync::Mutex<Vec<Option<u64>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -128,6 +136,8 @@ impl EtcdCluster {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
+                ip: "127.0.0.1".into(),
+                netns: None,
                 client_port: free_port(),
                 peer_port: free_port(),
                 data_dir: dir.path().join(format!("m{i}")),
@@ -137,6 +147,8 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             options,
+            ctl_netns: None,
+            ids: std::sync::Mutex::new(vec![None; size]),
             _dir: dir,
         };
         for i in 0..size {
@@ -144,6 +156,50 @@ impl EtcdCluster {
         }
         cluster.wait_healthy().await;
         cluster
+    }
+
+    /// One member on each of `hosts`, listening on the host's address (ports 2379 and
+    /// 2380), run inside it; `etcdctl` runs inside `operator` (e.g.
+    /// [`crate::netns::Network::operator`], which no cut separates from the members).
+    pub async fn start_on(hosts: &[&crate::netns::Host], operator: &crate::netns::Host) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let members = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| Member {
+                name: format!("m{i}"),
+                ip: host.ip().to_string(),
+                netns: Some(host.netns().to_owned()),
+                client_port: 2379,
+                peer_port: 2380,
+                data_dir: dir.path().join(format!("m{i}")),
+                process: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster {
+            members,
+            options: EtcdOptions::default(),
+            ctl_netns: Some(operator.netns().to_owned()),
+            ids: std::sync::Mutex::new(vec![None; hosts.len()]),
+            _dir: dir,
+        };
+        for i in 0..hosts.len() {
+            cluster.spawn(i, "new");
+        }
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    /// `program`, run in the namespace `netns` if there is one.
+    fn command(netns: Option<&str>, program: &str) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, program]);
+                cmd
+            }
+            None => Command::new(program),
+        }
     }
 
     fn scheme(&self) -> &str {
@@ -156,8 +212,9 @@ impl EtcdCluster {
 
     pub fn endpoint(&self, i: usize) -> String {
         format!(
-            "{}://127.0.0.1:{}",
+            "{}://{}:{}",
             self.scheme(),
+            self.members[i].ip,
             self.members[i].client_port
         )
     }
@@ -173,7 +230,7 @@ impl EtcdCluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -182,8 +239,8 @@ impl EtcdCluster {
         let initial_cluster = self.initial_cluster();
         let client_url = self.endpoint(i);
         let m = &self.members[i];
-        let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new("etcd");
+        let peer_url = format!("http://{}:{}", m.ip, m.peer_port);
+        let mut cmd = Self::command(m.netns.as_deref(), "etcd");
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -235,6 +292,7 @@ impl EtcdCluster {
     pub async fn restart_empty(&mut self) {
         assert_eq!(self.members.len(), 1, "restart_empty is for single members");
         self.kill(0);
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())[0] = None;
         let dir = self.members[0].data_dir.clone();
         if dir.exists() {
             std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("rm {}: {e}", dir.display()));
@@ -256,7 +314,7 @@ impl EtcdCluster {
     }
 
     fn try_etcdctl_at(&self, endpoint: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
+        let out = Self::command(self.ctl_netns.as_deref(), "etcdctl")
             .env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",
@@ -283,12 +341,68 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` against every running member; returns stdout, panics on failure.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let endpoints: Vec<String> = (0..self.members.len())
+        let running: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].process.is_some())
-            .map(|i| self.endpoint(i))
             .collect();
-        self.try_etcdctl_at(&endpoints.join(","), args)
+        self.try_etcdctl_on(&running, args)
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `etcdctl` against the members `members` only (e.g. those on the side of a
+    /// partition that has a quorum); stdout, or why it failed.
+    pub fn try_etcdctl_on(&self, members: &[usize], args: &[&str]) -> Result<String, String> {
+        let endpoints: Vec<String> = members.iter().map(|&i| self.endpoint(i)).collect();
+        self.try_etcdctl_at(&endpoints.join(","), args)
+    }
+
+    /// The index of the member that member `asked` says leads the cluster.
+    pub fn leader_seen_by(&self, asked: usize) -> Option<usize> {
+        let out = self
+            .try_etcdctl_on(&[asked], &["endpoint", "status", "--write-out", "json"])
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let status = &status[0]["Status"];
+        let leader = status["leader"].as_u64()?;
+        self.member_ids()
+            .into_iter()
+            .position(|id| id == Some(leader))
+    }
+
+    /// Each member's id, as etcd reports it (`None` for one that never answered yet).
+    pub fn member_ids(&self) -> Vec<Option<u64>> {
+        let mut known = self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, id) in known.iter_mut().enumerate() {
+            if id.is_none() {
+                *id = self
+                    .try_etcdctl_on(&[i], &["endpoint", "status", "--write-out", "json"])
+                    .ok()
+                    .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                    .and_then(|s| s[0]["Status"]["header"]["member_id"].as_u64());
+            }
+        }
+        *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = known.clone();
+        known
+    }
+
+    /// Makes member `to` the leader (`etcdctl move-leader`, sent to the current leader).
+    pub async fn move_leader(&self, to: usize) {
+        let ids = self.member_ids();
+        let target = ids[to].unwrap_or_else(|| panic!("member {to} does not answer"));
+        wait_until(
+            &format!("member {to} leads"),
+            Duration::from_secs(15),
+            || async {
+                match self.leader_seen_by(to) {
+                    Some(l) if l == to => true,
+                    Some(l) => {
+                        let _ = self.try_etcdctl_on(&[l], &["move-leader", &format!("{target:x}")]);
+                        false
+                    }
+                    None => false,
+                }
+            },
+        )
+        .await;
     }
 
     /// The data directory of member `i` (its log is beside it, `<dir>.log`).

@@ -11,9 +11,13 @@
 //!   container, network and image a test names with its prefix.
 //! - [`bulk`]: thousands of registrations written in transactions, records of real size.
 //! - [`wait_until`] and [`free_port`]: polling with a deadline instead of sleeps.
+//! - [`netns`]: simulated hosts (network namespaces on one bridge, 198.18.0.0/15 addresses)
+//!   that can be cut off or slowed down, etcd members on them ([`EtcdCluster::start_on`]);
+//!   [`load`]: a load client run inside one of them.
 //!
-//! Everything binds 127.0.0.1 only, except containers, which join internal Docker networks
-//! (198.18.x.0/24, no route off the machine) that their test creates.
+//! Everything binds 127.0.0.1 only, or addresses that exist only inside namespaces
+//! [`netns`] created, or on internal Docker networks (198.18.x.0/24, no route off the
+//! machine) that the container test creates.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +27,8 @@ pub mod daemon;
 pub mod docker;
 pub mod etcd;
 pub mod link;
+pub mod load;
+pub mod netns;
 pub mod process;
 
 use std::future::Future;

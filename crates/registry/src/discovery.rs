@@ -91,10 +91,25 @@ pub struct GraceStatus {
 pub struct DiscoveryOptions {
     /// How often to ask a quiet watch stream for progress to prove it is alive.
     pub progress_interval: Duration,
+    /// Between attempts that reached etcd and were refused (an error answered), or after a
+    /// watch that broke: protects a struggling etcd from every consumer at once.
     pub backoff: Backoff,
+    /// Between attempts while etcd cannot be reached at all (a connect or a request that
+    /// got no answer): such an attempt costs etcd nothing, and the cap bounds how long
+    /// after etcd is back (a partition healed) a consumer still serves a stale view.
+    pub reconnect: Backoff,
     /// How long a resync that lost the registry's instances is not believed.
     pub grace_period: Duration,
 }
+
+/// [`DiscoveryOptions::reconnect`]'s default: 0.1 s doubling up to 1 s (jittered to
+/// 0.5-1 s), so that a consumer resyncs within about `dial_timeout` + 1 s of etcd becoming
+/// reachable again, however long it was away, and a fleet of them comes back spread over
+/// half a second rather than all in the same instant.
+pub const DEFAULT_RECONNECT: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+};
 
 /// About two of nerve's default lease TTLs: the time every nerve needs to notice a lost
 /// lease and register again.
@@ -105,6 +120,7 @@ impl Default for DiscoveryOptions {
         DiscoveryOptions {
             progress_interval: Duration::from_secs(5),
             backoff: Backoff::default(),
+            reconnect: DEFAULT_RECONNECT,
             grace_period: DEFAULT_GRACE_PERIOD,
         }
     }
@@ -316,13 +332,16 @@ fn backoff_starts_over(ended: &Ended) -> bool {
 impl Watcher {
     async fn run(mut self) {
         let mut backoff = self.options.backoff.start();
+        // Unanswered attempts (etcd away, a partition) are retried on a shorter schedule
+        // of their own: they cost etcd nothing, and etcd's return must be noticed soon.
+        let mut reconnect = self.options.reconnect.start();
         let mut ever_synced = false;
         loop {
             let session = match self.etcd.session().await {
                 Ok(s) => s,
                 Err(e) => {
                     self.disconnected(&e.to_string(), ever_synced, true);
-                    backoff.wait().await;
+                    reconnect.wait().await;
                     continue;
                 }
             };
@@ -333,10 +352,13 @@ impl Watcher {
                 // member would give the same answer (permission denied, bad request).
                 if unreachable {
                     self.etcd.failed(session.generation).await;
+                    reconnect.wait().await;
+                } else {
+                    backoff.wait().await;
                 }
-                backoff.wait().await;
                 continue;
             }
+            reconnect.reset();
             if !ever_synced {
                 tracing::info!(
                     instances = self.live.len(),
@@ -840,6 +862,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_unreachable_etcd_is_retried_at_least_every_second() {
+        // However long etcd was away, the next attempt after it is back comes within a
+        // second (plus the attempt's own dial timeout); an etcd that answers with errors
+        // is still left alone for up to 5 s.
+        let options = DiscoveryOptions::default();
+        for failures in 1..100 {
+            assert!(options.reconnect.delay(failures, 1.0) <= Duration::from_secs(1));
+        }
+        assert_eq!(options.backoff.delay(100, 1.0), Duration::from_secs(5));
     }
 
     #[test]

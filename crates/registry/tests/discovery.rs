@@ -277,7 +277,9 @@ async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
     put(&etcd, "web", "a", 1001);
     let link = Link::start(etcd.client_addr()).await;
     // A steep backoff, so that a count left over from the first outage would show: after
-    // five failures the next delay is at least 3.2 s, the first one at most 200 ms.
+    // five failures the next delay is at least 3.2 s, the first one at most 200 ms. Both
+    // schedules get it: refused and unanswered connects are retried on `reconnect`, a
+    // broken watch waits on `backoff`.
     let backoff = registry::backoff::Backoff {
         initial: Duration::from_millis(200),
         max: Duration::from_secs(20),
@@ -288,6 +290,7 @@ async fn the_reconnect_backoff_starts_over_after_a_successful_resync() {
         DiscoveryOptions {
             progress_interval: Duration::from_millis(300),
             backoff,
+            reconnect: backoff,
             ..DiscoveryOptions::default()
         },
     );
