@@ -231,5 +231,8 @@ async fn a_burst_of_registrations_does_not_slow_another_service() {
     );
     assert_eq!(failed, 0);
     assert!(routable < Duration::from_secs(1), "{routable:?}");
-    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+    // Connections here take well under a millisecond; 250 ms leaves room for a loaded
+    // 2-core machine (132 ms was seen with other test suites running) while still catching
+    // a rebuild of the burst's set that holds the service's workers.
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
 }
