@@ -339,9 +339,21 @@ impl Watcher {
         loop {
             let session = match self.etcd.session().await {
                 Ok(s) => s,
-                Err(e) => {
+                // No answer: etcd away or partitioned; retried on the short schedule.
+                Err(e) if crate::etcd::is_transient(&e) => {
                     self.disconnected(&e.to_string(), ever_synced, true);
                     reconnect.wait().await;
+                    continue;
+                }
+                // An answered refusal of the connection itself (wrong password, a user
+                // etcd does not know): said as such, and retried on the long backoff.
+                Err(e) => {
+                    let error = format!(
+                        "etcd refused the connection (check etcd.username/password or \
+                         etcd.tls): {e}"
+                    );
+                    self.disconnected(&error, ever_synced, false);
+                    backoff.wait().await;
                     continue;
                 }
             };

@@ -1,0 +1,161 @@
+//! Least-privilege etcd (deploy/etcd/roles.sh) with the real binaries: with authentication
+//! on, nerve registers as user `nerve` and synapse routes as user `synapse`; synapse's user
+//! cannot write anything, nerve's cannot write outside the registry prefix; a wrong
+//! password is a clear error in the log, retried on a backoff rather than in a loop that
+//! spams etcd.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::backend::greeting;
+use testkit::{free_port, wait_until, Backend, Daemon, EtcdServer};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn roles_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/etcd/roles.sh")
+}
+
+/// Runs roles.sh against `endpoint`; its stdout.
+fn run_roles(endpoint: &str) -> String {
+    let out = Command::new("bash")
+        .arg(roles_script())
+        .env("ETCDCTL_ENDPOINTS", endpoint)
+        .env("ROOT_PASSWORD", "rootpw")
+        .env("NERVE_PASSWORD", "nervepw")
+        .env("SYNAPSE_PASSWORD", "synapsepw")
+        .output()
+        .expect("run roles.sh");
+    assert!(
+        out.status.success(),
+        "roles.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// etcdctl as `user:password`: (succeeded, stdout + stderr).
+fn etcdctl_as(endpoint: &str, user: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--user", user])
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn etcd_block(endpoint: &str, user: &str, password: &str) -> String {
+    format!(
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  username: {user}\n  password: {password}\n  \
+         dial_timeout: 300ms\n  request_timeout: 1s\n"
+    )
+}
+
+#[tokio::test]
+async fn each_program_works_with_its_role_and_no_more() {
+    let etcd = EtcdServer::start().await;
+    let endpoint = etcd.endpoint();
+    let said = run_roles(&endpoint);
+    assert!(said.contains("authentication is on"), "{said}");
+    // Idempotent: a second run keeps everything in place.
+    run_roles(&endpoint);
+
+    let app = Backend::start("app").await;
+    let _nerve = Daemon::nerve(&format!(
+        "{}services:\n  - name: web\n    host: 127.0.0.1\n    port: {}\n    instance_id: web-1\n    \
+         check_interval: 100ms\n    rise: 1\n    checks:\n      - type: tcp\n",
+        etcd_block(&endpoint, "nerve", "nervepw"),
+        app.port()
+    ))
+    .await;
+    let listen = free_port();
+    let _synapse = Daemon::synapse(&format!(
+        "{}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n",
+        etcd_block(&endpoint, "synapse", "synapsepw")
+    ))
+    .await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], listen));
+    wait_until(
+        "synapse routes to nerve's registration",
+        DEADLINE,
+        || async {
+            greeting(listen, Duration::from_secs(2))
+                .await
+                .is_ok_and(|g| g == "app")
+        },
+    )
+    .await;
+
+    let (ok, text) = etcdctl_as(
+        &endpoint,
+        "synapse:synapsepw",
+        &["put", "/smartstack/services/web/x", "{}"],
+    );
+    assert!(
+        !ok && text.contains("permission denied"),
+        "synapse wrote: {text}"
+    );
+    let (ok, text) = etcdctl_as(
+        &endpoint,
+        "synapse:synapsepw",
+        &["get", "--prefix", "/smartstack/services/"],
+    );
+    assert!(ok && text.contains("web-1"), "synapse cannot read: {text}");
+    let (ok, text) = etcdctl_as(&endpoint, "nerve:nervepw", &["put", "/elsewhere", "x"]);
+    assert!(
+        !ok && text.contains("permission denied"),
+        "nerve wrote outside its prefix: {text}"
+    );
+    let (ok, text) = etcdctl_as(
+        &endpoint,
+        "nerve:nervepw",
+        &["put", "/smartstack/services/web/by-hand", "{}"],
+    );
+    assert!(ok, "nerve cannot write under its prefix: {text}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_error_retried_on_a_backoff() {
+    let etcd = EtcdServer::start().await;
+    let endpoint = etcd.endpoint();
+    run_roles(&endpoint);
+    let listen = free_port();
+    let mut synapse = Daemon::synapse(&format!(
+        "{}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n",
+        etcd_block(&endpoint, "synapse", "not-the-password")
+    ))
+    .await;
+    wait_until(
+        "the log names the authentication failure",
+        DEADLINE,
+        || async {
+            let log = synapse.output();
+            log.contains("etcd refused the connection (check etcd.username/password")
+                && log.contains("authentication failed")
+        },
+    )
+    .await;
+    assert!(
+        !synapse.output().contains("etcd unreachable"),
+        "a refused password is not an unreachable etcd:\n{}",
+        synapse.output()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = synapse.output();
+    if let Some(line) = log.lines().find(|l| l.contains("authentication failed")) {
+        println!("the log says: {line}");
+    }
+    // Logged once per outage; the attempts behind it back off (0.1 s doubling up to 5 s,
+    // the schedule for refusals etcd answers), which the registry's own tests measure.
+    assert_eq!(log.matches("authentication failed").count(), 1, "{log}");
+    assert!(synapse.is_running(), "synapse must keep running:\n{log}");
+}
