@@ -159,3 +159,138 @@ async fn a_wrong_password_is_a_clear_error_retried_on_a_backoff() {
     assert_eq!(log.matches("authentication failed").count(), 1, "{log}");
     assert!(synapse.is_running(), "synapse must keep running:\n{log}");
 }
+
+/// The same roles with TLS client certificates instead of passwords: etcd takes the user
+/// from the certificate's common name (`CN=nerve`, `CN=synapse`).
+#[tokio::test]
+async fn the_roles_hold_with_client_certificates() {
+    use testkit::etcd::EtcdOptions;
+    let dir = tempfile::tempdir().expect("temp dir");
+    testkit::certs::make(dir.path(), &["root", "nerve", "synapse"]);
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let etcd = EtcdServer::start_with(EtcdOptions {
+        extra_args: vec![
+            "--cert-file".into(),
+            p("server.pem"),
+            "--key-file".into(),
+            p("server-key.pem"),
+            "--trusted-ca-file".into(),
+            p("ca.pem"),
+            "--client-cert-auth".into(),
+        ],
+        client_tls: true,
+        etcdctl_args: vec![
+            "--cacert".into(),
+            p("ca.pem"),
+            "--cert".into(),
+            p("root.pem"),
+            "--key".into(),
+            p("root-key.pem"),
+        ],
+    })
+    .await;
+    let endpoint = etcd.endpoint();
+    let out = Command::new("bash")
+        .arg(roles_script())
+        .env("ETCDCTL_ENDPOINTS", &endpoint)
+        .env("ETCDCTL_CACERT", p("ca.pem"))
+        .env("ETCDCTL_CERT", p("root.pem"))
+        .env("ETCDCTL_KEY", p("root-key.pem"))
+        .env("ROOT_PASSWORD", "rootpw")
+        .env("NERVE_PASSWORD", "nervepw")
+        .env("SYNAPSE_PASSWORD", "synapsepw")
+        .output()
+        .expect("run roles.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls = |user: &str| {
+        format!(
+            "etcd:\n  endpoints: [\"{endpoint}\"]\n  tls: {{ca: {:?}, cert: {:?}, key: {:?}}}\n  \
+             dial_timeout: 300ms\n  request_timeout: 1s\n",
+            p("ca.pem"),
+            p(&format!("{user}.pem")),
+            p(&format!("{user}-key.pem"))
+        )
+    };
+    let app = Backend::start("app").await;
+    let _nerve = Daemon::nerve(&format!(
+        "{}services:\n  - name: web\n    host: 127.0.0.1\n    port: {}\n    instance_id: web-1\n    \
+         check_interval: 100ms\n    rise: 1\n    checks:\n      - type: tcp\n",
+        tls("nerve"),
+        app.port()
+    ))
+    .await;
+    let listen = free_port();
+    let _synapse = Daemon::synapse(&format!(
+        "{}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n",
+        tls("synapse")
+    ))
+    .await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], listen));
+    wait_until(
+        "synapse routes to nerve's registration over mTLS",
+        DEADLINE,
+        || async {
+            greeting(listen, Duration::from_secs(2))
+                .await
+                .is_ok_and(|g| g == "app")
+        },
+    )
+    .await;
+    let as_cert = |who: &str, args: &[&str]| {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoint, "--cacert", &p("ca.pem")])
+            .args([
+                "--cert",
+                &p(&format!("{who}.pem")),
+                "--key",
+                &p(&format!("{who}-key.pem")),
+            ])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = as_cert("synapse", &["put", "/smartstack/services/web/x", "{}"]);
+    assert!(
+        !ok && text.contains("permission denied"),
+        "synapse wrote: {text}"
+    );
+    let (ok, text) = as_cert("nerve", &["put", "/elsewhere", "x"]);
+    assert!(
+        !ok && text.contains("permission denied"),
+        "nerve wrote outside: {text}"
+    );
+
+    // No client certificate: refused by etcd's TLS; a warning says so, and it keeps running.
+    let mut bare = Daemon::synapse(&format!(
+        "etcd:\n  endpoints: [\"{endpoint}\"]\n  tls: {{ca: {:?}}}\n  dial_timeout: 300ms\n  \
+         request_timeout: 1s\nservices:\n  - name: web\n    listen: 127.0.0.1:{}\n",
+        p("ca.pem"),
+        free_port()
+    ))
+    .await;
+    wait_until("the refusal is logged", DEADLINE, || async {
+        bare.output()
+            .contains("etcd refused the TLS handshake (check etcd.tls.cert")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = bare.output();
+    if let Some(line) = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("etcd"))
+    {
+        println!("without a client certificate the log says: {line}");
+    }
+    assert!(bare.is_running(), "{log}");
+}

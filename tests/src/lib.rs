@@ -2,6 +2,7 @@
 //!
 //! - [`etcd`]: real etcd servers (single member or cluster) on free loopback ports with temp
 //!   data dirs, stopped, paused, restarted or wiped on demand, killed by PID on drop.
+//! - [`certs`]: a test CA, server and client certificates (client CNs are etcd users).
 //! - [`backend`]: TCP backends that greet each connection with their name, then echo.
 //! - [`process`]: child processes killed by PID on drop, output kept in a log file.
 //! - [`daemon`]: the real `nerve`/`synapse` binaries started on a configuration of the
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod backend;
 pub mod bulk;
+pub mod certs;
 pub mod daemon;
 pub mod docker;
 pub mod etcd;

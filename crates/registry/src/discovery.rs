@@ -287,6 +287,7 @@ pub fn spawn(etcd: Etcd, service: &str, options: DiscoveryOptions) -> Discovery 
             cluster_id: 0,
             warned: HashMap::new(),
             reported_down: false,
+            reported_tls: false,
         }
         .run()
         .instrument(span),
@@ -309,6 +310,8 @@ struct Watcher {
     warned: HashMap<Vec<u8>, i64>,
     /// The current outage has been logged; later failed attempts only log at debug.
     reported_down: bool,
+    /// A TLS refusal was logged in this outage (it may show after a first, vaguer error).
+    reported_tls: bool,
 }
 
 enum Ended {
@@ -386,6 +389,7 @@ impl Watcher {
             }
             ever_synced = true;
             self.reported_down = false;
+            self.reported_tls = false;
             let ended = self.watch(session.client, session.generation).await;
             if backoff_starts_over(&ended) {
                 backoff.reset();
@@ -400,8 +404,22 @@ impl Watcher {
     /// The registry cannot be followed right now: `unreachable` when etcd did not answer
     /// (rather than answering with an error, which is reported as what it is).
     fn disconnected(&mut self, error: &str, ever_synced: bool, unreachable: bool) {
-        // Once per outage: a retry loop against a dead etcd must not log every attempt.
-        let first = !std::mem::replace(&mut self.reported_down, true);
+        // A TLS refusal reaches us as a transport error, like a dead member: say what it is.
+        let hinted;
+        let mut tls = false;
+        let error = match crate::etcd::tls_refusal(error) {
+            Some(hint) => {
+                hinted = format!("{hint}: {error}");
+                tls = true;
+                hinted.as_str()
+            }
+            None => error,
+        };
+        // Once per outage: a retry loop against a dead etcd must not log every attempt. A
+        // TLS refusal is said once too, even after another error opened the outage.
+        let first_down = !std::mem::replace(&mut self.reported_down, true);
+        let first_tls = tls && !std::mem::replace(&mut self.reported_tls, true);
+        let first = first_down || first_tls;
         if !first {
             tracing::debug!(%error, "registry still unreadable");
         } else if ever_synced {

@@ -53,6 +53,21 @@ impl Session {
 
 /// Whether another attempt (on the same or another member) may succeed where this one
 /// failed. Errors in what we asked for (bad arguments, missing lease, permission) are final.
+/// What a TLS alert in an error's text means for an operator, if it holds one: etcd
+/// refused the handshake (no client certificate, or one it does not trust).
+pub fn tls_refusal(error: &str) -> Option<&'static str> {
+    const ALERTS: [&str; 4] = [
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "certificate required",
+    ];
+    ALERTS
+        .iter()
+        .any(|a| error.contains(a))
+        .then_some("etcd refused the TLS handshake (check etcd.tls.cert and etcd.tls.key)")
+}
+
 pub fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     use tonic::Code::*;
@@ -259,4 +274,16 @@ fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions, etcd_client::E
         options = options.with_tls(t);
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_alert_is_named_for_the_operator() {
+        let e = "transport error: Custom { kind: InvalidData, error: \"received fatal alert: BadCertificate\" }";
+        assert!(tls_refusal(e).is_some_and(|h| h.contains("etcd.tls.cert")));
+        assert_eq!(tls_refusal("connection refused"), None);
+    }
 }
