@@ -53,6 +53,38 @@ fn etcdctl_as(endpoint: &str, user: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// nerve registering one instance (`web-1`, a tcp check) of an app on `port`.
+fn nerve_config(etcd_block: &str, port: u16) -> String {
+    format!(
+        "{etcd_block}services:\n  - name: web\n    host: 127.0.0.1\n    port: {port}\n    \
+         instance_id: web-1\n    check_interval: 100ms\n    rise: 1\n    checks:\n      - type: tcp\n"
+    )
+}
+
+fn synapse_config(etcd_block: &str, listen: u16) -> String {
+    format!("{etcd_block}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n")
+}
+
+/// Starts nerve and synapse on their etcd blocks and waits until synapse routes to the app.
+async fn route_through(nerve_etcd: &str, synapse_etcd: &str) -> (Backend, Daemon, Daemon) {
+    let app = Backend::start("app").await;
+    let nerve = Daemon::nerve(&nerve_config(nerve_etcd, app.port())).await;
+    let listen = free_port();
+    let synapse = Daemon::synapse(&synapse_config(synapse_etcd, listen)).await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], listen));
+    wait_until(
+        "synapse routes to nerve's registration",
+        DEADLINE,
+        || async {
+            greeting(listen, Duration::from_secs(2))
+                .await
+                .is_ok_and(|g| g == "app")
+        },
+    )
+    .await;
+    (app, nerve, synapse)
+}
+
 fn etcd_block(endpoint: &str, user: &str, password: &str) -> String {
     format!(
         "etcd:\n  endpoints: [\"{endpoint}\"]\n  username: {user}\n  password: {password}\n  \
@@ -69,29 +101,9 @@ async fn each_program_works_with_its_role_and_no_more() {
     // Idempotent: a second run keeps everything in place.
     run_roles(&endpoint);
 
-    let app = Backend::start("app").await;
-    let _nerve = Daemon::nerve(&format!(
-        "{}services:\n  - name: web\n    host: 127.0.0.1\n    port: {}\n    instance_id: web-1\n    \
-         check_interval: 100ms\n    rise: 1\n    checks:\n      - type: tcp\n",
-        etcd_block(&endpoint, "nerve", "nervepw"),
-        app.port()
-    ))
-    .await;
-    let listen = free_port();
-    let _synapse = Daemon::synapse(&format!(
-        "{}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n",
-        etcd_block(&endpoint, "synapse", "synapsepw")
-    ))
-    .await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], listen));
-    wait_until(
-        "synapse routes to nerve's registration",
-        DEADLINE,
-        || async {
-            greeting(listen, Duration::from_secs(2))
-                .await
-                .is_ok_and(|g| g == "app")
-        },
+    let _running = route_through(
+        &etcd_block(&endpoint, "nerve", "nervepw"),
+        &etcd_block(&endpoint, "synapse", "synapsepw"),
     )
     .await;
 
@@ -164,31 +176,11 @@ async fn a_wrong_password_is_a_clear_error_retried_on_a_backoff() {
 /// from the certificate's common name (`CN=nerve`, `CN=synapse`).
 #[tokio::test]
 async fn the_roles_hold_with_client_certificates() {
-    use testkit::etcd::EtcdOptions;
     let dir = tempfile::tempdir().expect("temp dir");
     testkit::certs::make(dir.path(), &["root", "nerve", "synapse"]);
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let etcd = EtcdServer::start_with(EtcdOptions {
-        extra_args: vec![
-            "--cert-file".into(),
-            p("server.pem"),
-            "--key-file".into(),
-            p("server-key.pem"),
-            "--trusted-ca-file".into(),
-            p("ca.pem"),
-            "--client-cert-auth".into(),
-        ],
-        client_tls: true,
-        etcdctl_args: vec![
-            "--cacert".into(),
-            p("ca.pem"),
-            "--cert".into(),
-            p("root.pem"),
-            "--key".into(),
-            p("root-key.pem"),
-        ],
-    })
-    .await;
+    let etcd =
+        EtcdServer::start_with(testkit::certs::etcd_with_client_certs(dir.path(), "root")).await;
     let endpoint = etcd.endpoint();
     let out = Command::new("bash")
         .arg(roles_script())
@@ -215,31 +207,7 @@ async fn the_roles_hold_with_client_certificates() {
             p(&format!("{user}-key.pem"))
         )
     };
-    let app = Backend::start("app").await;
-    let _nerve = Daemon::nerve(&format!(
-        "{}services:\n  - name: web\n    host: 127.0.0.1\n    port: {}\n    instance_id: web-1\n    \
-         check_interval: 100ms\n    rise: 1\n    checks:\n      - type: tcp\n",
-        tls("nerve"),
-        app.port()
-    ))
-    .await;
-    let listen = free_port();
-    let _synapse = Daemon::synapse(&format!(
-        "{}services:\n  - name: web\n    listen: 127.0.0.1:{listen}\n",
-        tls("synapse")
-    ))
-    .await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], listen));
-    wait_until(
-        "synapse routes to nerve's registration over mTLS",
-        DEADLINE,
-        || async {
-            greeting(listen, Duration::from_secs(2))
-                .await
-                .is_ok_and(|g| g == "app")
-        },
-    )
-    .await;
+    let _running = route_through(&tls("nerve"), &tls("synapse")).await;
     let as_cert = |who: &str, args: &[&str]| {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")

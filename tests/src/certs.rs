@@ -38,3 +38,30 @@ fn write(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// etcd options for a member serving TLS with the server certificate of [`make`] and
+/// requiring client certificates (`--client-cert-auth`); the test's etcdctl calls use
+/// `client`'s certificate.
+pub fn etcd_with_client_certs(dir: &Path, client: &str) -> crate::etcd::EtcdOptions {
+    let p = |f: &str| dir.join(f).display().to_string();
+    crate::etcd::EtcdOptions {
+        extra_args: vec![
+            "--cert-file".into(),
+            p("server.pem"),
+            "--key-file".into(),
+            p("server-key.pem"),
+            "--trusted-ca-file".into(),
+            p("ca.pem"),
+            "--client-cert-auth".into(),
+        ],
+        client_tls: true,
+        etcdctl_args: vec![
+            "--cacert".into(),
+            p("ca.pem"),
+            "--cert".into(),
+            p(&format!("{client}.pem")),
+            "--key".into(),
+            p(&format!("{client}-key.pem")),
+        ],
+    }
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use nerve::Nerve;
-use testkit::etcd::EtcdOptions;
 use testkit::{Backend, EtcdServer};
 
 /// Writes ca.pem, server.pem/server-key.pem, client.pem/client-key.pem into `dir`.
@@ -23,27 +22,8 @@ async fn registers_through_etcd_with_tls_and_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let etcd = EtcdServer::start_with(EtcdOptions {
-        extra_args: vec![
-            "--cert-file".into(),
-            p("server.pem"),
-            "--key-file".into(),
-            p("server-key.pem"),
-            "--trusted-ca-file".into(),
-            p("ca.pem"),
-            "--client-cert-auth".into(),
-        ],
-        client_tls: true,
-        etcdctl_args: vec![
-            "--cacert".into(),
-            p("ca.pem"),
-            "--cert".into(),
-            p("client.pem"),
-            "--key".into(),
-            p("client-key.pem"),
-        ],
-    })
-    .await;
+    let etcd =
+        EtcdServer::start_with(testkit::certs::etcd_with_client_certs(dir.path(), "client")).await;
     assert!(etcd.endpoint().starts_with("https://"));
     let b = Backend::start("b").await;
     let text = yaml(&[etcd.endpoint()], "", &tcp_service("web", "w", b.port())).replace(
