@@ -181,15 +181,15 @@ impl Traffic {
         }
     }
 
-    /// Waits until both clients have had `backend` answer (the instance is routable).
+    /// Waits until the new-connection client has had `backend` answer (the instance is
+    /// routable). Not the long-connection client: its few workers open a connection about
+    /// once a second, and with the round-robin cursor shared with the busy client their
+    /// picks can miss one instance of six for longer than the deadline (seen in `make test`).
     async fn reaches(&self, backend: &str) -> Duration {
         time_until(
             &format!("the clients reach {backend}"),
             DEADLINE,
-            || async {
-                self.new.snapshot().answered_by(backend) > 0
-                    && self.long.snapshot().answered_by(backend) > 0
-            },
+            || async { self.new.snapshot().answered_by(backend) > 0 },
         )
         .await
     }

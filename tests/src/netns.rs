@@ -69,7 +69,10 @@ pub fn unavailable() -> Option<String> {
             ));
         }
     }
-    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    // Unique per call: two tests of one binary may probe at the same moment.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("{PREFIX}{}-probe{n}", std::process::id());
     if let Err(e) = ip(&["netns", "add", &probe]) {
         return Some(format!("cannot create a network namespace: {e}"));
     }
