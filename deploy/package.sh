@@ -117,8 +117,11 @@ EOF
 set -e
 if [ "$1" = configure ]; then
   # The system user both units run as (User=smartstack).
+  # A user that was there before is left alone, also on purge.
   if ! getent passwd smartstack >/dev/null; then
     adduser --system --group --quiet --no-create-home --home /nonexistent smartstack
+    mkdir -p /var/lib/smartstack-rs
+    echo "adduser by the smartstack-rs package; removed on purge" > /var/lib/smartstack-rs/created-user
   fi
   # The configs may hold etcd passwords: readable by root and the service user only.
   for f in /etc/nerve/nerve.yaml /etc/synapse/synapse.yaml; do
@@ -145,12 +148,16 @@ set -e
 if [ "$1" = purge ]; then
   rm -rf /var/lib/synapse /run/nerve
   rmdir /etc/nerve /etc/synapse 2>/dev/null || true
-  if getent passwd smartstack >/dev/null && command -v deluser >/dev/null; then
-    deluser --system --quiet smartstack || true
+  # The user goes only if this package created it.
+  if [ -f /var/lib/smartstack-rs/created-user ]; then
+    if getent passwd smartstack >/dev/null && command -v deluser >/dev/null; then
+      deluser --system --quiet smartstack || true
+    fi
+    if getent group smartstack >/dev/null && command -v delgroup >/dev/null; then
+      delgroup --system --quiet smartstack || true
+    fi
   fi
-  if getent group smartstack >/dev/null && command -v delgroup >/dev/null; then
-    delgroup --system --quiet smartstack || true
-  fi
+  rm -rf /var/lib/smartstack-rs
 fi
 if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 exit 0
