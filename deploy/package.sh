@@ -11,6 +11,7 @@
 #   SYSCONFDIR/nerve/nerve.yaml, SYSCONFDIR/synapse/synapse.yaml   example configs, 0644
 #   PREFIX/lib/systemd/system/{nerve,synapse}.service  ExecStart rewritten to these paths
 #   PREFIX/share/doc/smartstack-rs/                  README.md and the reference docs
+#   PREFIX/share/doc/smartstack-rs/examples/         Prometheus, Grafana, Kubernetes, etcd roles
 # The .deb is that tree (PREFIX=/usr, SYSCONFDIR=/etc, units in /lib/systemd/system) with a
 # DEBIAN/ directory, built by dpkg-deb: no other tool to install (docs/deployment.md says why).
 set -euo pipefail
@@ -64,6 +65,19 @@ install_tree() {
   install -m 0644 "$root/README.md" "$root/docs/nerve.md" "$root/docs/synapse.md" \
     "$root/docs/operations.md" "$root/docs/deployment.md" "$root/docs/registry.md" \
     "$root/docs/metrics.md" "$dest$docdir/"
+  # Examples: the Prometheus scrape config, the Grafana dashboard, and (where the checkout
+  # has them) the Kubernetes manifests and the etcd role script.
+  install -d -m 0755 "$dest$docdir/examples"
+  install -m 0644 "$root/deploy/prometheus/prometheus.yml" "$root/deploy/grafana/smartstack.json" \
+    "$dest$docdir/examples/"
+  if [ -d "$root/deploy/kubernetes" ]; then
+    install -d -m 0755 "$dest$docdir/examples/kubernetes"
+    find "$root/deploy/kubernetes" -maxdepth 1 -type f -name '*.yaml' \
+      -exec install -m 0644 -t "$dest$docdir/examples/kubernetes" {} +
+  fi
+  if [ -f "$root/deploy/etcd/roles.sh" ]; then
+    install -m 0755 "$root/deploy/etcd/roles.sh" "$dest$docdir/examples/etcd-roles.sh"
+  fi
 }
 
 case "$cmd" in

@@ -154,8 +154,27 @@ fn assert_tree(root: &Path, etc: &Path, unit_dir: &Path, bin_prefix: &str, etc_p
             .join(format!("{program}.md"));
         assert_file(&doc, 0o644);
     }
-    for doc in ["README.md", "deployment.md", "operations.md"] {
-        assert_file(&root.join("share/doc").join(PACKAGE).join(doc), 0o644);
+    let docs = root.join("share/doc").join(PACKAGE);
+    for doc in [
+        "README.md",
+        "deployment.md",
+        "operations.md",
+        "examples/prometheus.yml",
+        "examples/smartstack.json",
+    ] {
+        assert_file(&docs.join(doc), 0o644);
+    }
+    // The Kubernetes manifests, where the checkout has them.
+    let manifests = repo_root().join("deploy/kubernetes");
+    for entry in std::fs::read_dir(&manifests)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".yaml") {
+            assert_file(&docs.join("examples/kubernetes").join(&name), 0o644);
+        }
     }
 }
 
