@@ -6,7 +6,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 TEST_LOG ?= $(or $(TMPDIR),/tmp)/smartstack-test.log
 
-.PHONY: deps build test lint demo cluster-demo bench image
+.PHONY: deps build test lint demo cluster-demo bench image release dist install deb
 
 deps:
 	@./deploy/install-deps.sh
@@ -45,3 +45,32 @@ bench: deps
 	./deploy/bench/install.sh
 	$(CARGO) build --release --bins
 	./deploy/bench/run.sh
+
+# Packaging (docs/deployment.md): deploy/package.sh puts the binaries, the example configs,
+# the systemd units (deploy/systemd) and the docs in place with install(1).
+#   make dist                                   target/dist/smartstack-rs-<version>-<arch>.tar.gz
+#   make install PREFIX=/usr/local DESTDIR=...  bin/, etc/{nerve,synapse}, lib/systemd/system, share/doc
+#   make deb                                    target/dist/smartstack-rs_<version>_<arch>.deb
+# All three take BIN_DIR=DIR to package binaries built elsewhere (the tests give the debug
+# ones); without it they build the release binaries first.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+DIST_DIR ?= $(TARGET_DIR)/dist
+PREFIX ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc
+DESTDIR ?=
+ifeq ($(origin BIN_DIR),undefined)
+BIN_DIR := $(TARGET_DIR)/release
+PACKAGE_INPUT := release
+endif
+
+release:
+	$(CARGO) build --release --bin nerve --bin synapse
+
+dist: $(PACKAGE_INPUT)
+	./deploy/package.sh dist --bin-dir $(BIN_DIR) --out $(DIST_DIR)
+
+install: $(PACKAGE_INPUT)
+	./deploy/package.sh install --bin-dir $(BIN_DIR) --prefix $(PREFIX) --sysconfdir $(SYSCONFDIR) --destdir "$(DESTDIR)"
+
+deb: $(PACKAGE_INPUT)
+	./deploy/package.sh deb --bin-dir $(BIN_DIR) --out $(DIST_DIR)

@@ -19,6 +19,7 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 optional=()
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null 2>&1 || optional+=(docker.io)
 for extra in "$@"; do
