@@ -22,6 +22,21 @@ async fn ready(admin: SocketAddr) -> (u16, serde_json::Value) {
     (reply.status, body)
 }
 
+/// `synapse --probe-ready ADMIN`: (exit 0, stdout + stderr).
+fn probe(admin: SocketAddr) -> (bool, String) {
+    let out = std::process::Command::new(testkit::process::workspace_bin("synapse"))
+        .arg("--probe-ready")
+        .arg(admin.to_string())
+        .output()
+        .expect("run synapse --probe-ready");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The datagrams systemd would get, as text.
 async fn notifications(socket: &UnixDatagram) -> Vec<String> {
     let mut got = Vec::new();
@@ -60,6 +75,10 @@ async fn synapse_is_ready_once_every_service_has_backends_and_tells_systemd() {
     let (code, body) = ready(admin).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["waiting_for"], serde_json::json!(["web"]), "{body}");
+    // The binary as its own probe (what a Kubernetes exec startupProbe runs).
+    let (ok, said) = probe(admin);
+    assert!(!ok, "--probe-ready passed before synapse was ready: {said}");
+    assert!(said.contains("not ready (503)"), "{said}");
     let early = notifications(&socket).await;
     assert!(
         !early.iter().any(|n| n.contains("READY=1")),
@@ -74,6 +93,8 @@ async fn synapse_is_ready_once_every_service_has_backends_and_tells_systemd() {
     .await;
     let (_, body) = ready(admin).await;
     assert_eq!(body["ready"], true, "{body}");
+    let (ok, said) = probe(admin);
+    assert!(ok, "--probe-ready failed once synapse was ready: {said}");
     let seen = std::sync::Mutex::new(early);
     wait_until("systemd is told READY=1", DEADLINE, || async {
         let got = notifications(&socket).await;

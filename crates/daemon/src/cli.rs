@@ -35,6 +35,8 @@ pub enum Action {
     CheckConfig(PathBuf),
     /// `--import-smartstack`: convert this Airbnb SmartStack JSON file, print it, exit.
     ImportSmartstack(PathBuf),
+    /// `--probe-ready`: ask the admin server at this address whether it is ready, exit.
+    ProbeReady(std::net::SocketAddr),
 }
 
 /// The parsed command line.
@@ -52,7 +54,7 @@ struct Args {
         short = 'c',
         long,
         value_name = "FILE",
-        required_unless_present = "import_smartstack"
+        required_unless_present_any = ["import_smartstack", "probe_ready"]
     )]
     config: Option<PathBuf>,
     /// Validate the configuration, print "ok" or the problem, and exit (1 on a problem).
@@ -67,6 +69,15 @@ struct Args {
         conflicts_with_all = ["config", "check_config"]
     )]
     import_smartstack: Option<PathBuf>,
+    /// Ask the running program whose `admin` address is ADDR whether it is ready
+    /// (`GET /ready`): exit 0 if so, 1 if not; for an orchestrator's probe in an image
+    /// without a shell.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with_all = ["config", "check_config", "import_smartstack"]
+    )]
+    probe_ready: Option<std::net::SocketAddr>,
     /// Format of the log lines written to stderr.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -106,6 +117,12 @@ impl Cli {
             .after_help(after_help(about));
         let matches = command.try_get_matches_from_mut(args)?;
         let args = Args::from_arg_matches(&matches)?;
+        if let Some(addr) = args.probe_ready {
+            return Ok(Cli {
+                action: Action::ProbeReady(addr),
+                log_format: args.log_format,
+            });
+        }
         let action = match (args.import_smartstack, args.config) {
             (Some(file), _) => Action::ImportSmartstack(file),
             (None, Some(file)) if args.check_config => Action::CheckConfig(file),

@@ -14,6 +14,7 @@
 //!   `GET /` and POST routes a program adds).
 //! - [`dashboard`]: the live dashboard's files, compiled in: a program's page and the
 //!   stylesheet and script every page shares (`assets/`).
+//! - `probe`: `--probe-ready ADDR`, the program as its own readiness probe.
 //! - [`metrics`]: metric families read at scrape time, written as OpenMetrics text.
 //!
 //! Nothing here knows nerve, synapse or etcd; they depend on this crate, not the reverse.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod logging;
 pub mod metrics;
+mod probe;
 pub mod run;
 
 pub use cli::About;

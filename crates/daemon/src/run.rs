@@ -68,6 +68,7 @@ pub fn main<D: Daemon>(about: About) -> ExitCode {
     let path = match cli.action {
         Action::CheckConfig(path) => return check_config::<D>(&path),
         Action::ImportSmartstack(path) => return import_smartstack::<D>(&path),
+        Action::ProbeReady(addr) => return crate::probe::probe_ready(addr),
         Action::Run(path) => path,
     };
     crate::logging::init(cli.log_format);
