@@ -41,6 +41,8 @@ pub struct NerveConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
+    /// The address registered (and checked); `${NAME}` reads environment variable NAME.
+    #[serde(deserialize_with = "host_or_env")]
     pub host: String,
     pub port: u16,
     #[serde(default)]
@@ -654,6 +656,24 @@ impl Validate for NerveConfig {
     }
 }
 
+/// `host` as written, or for `${NAME}` the value of environment variable NAME: a
+/// Kubernetes pod's IP from the downward API (`status.podIP`), so that one ConfigMap serves
+/// every replica.
+fn host_or_env<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    expand_env(&text, |name| std::env::var(name).ok()).map_err(de::Error::custom)
+}
+
+/// `text`, or the variable `lookup` finds for a whole-value `${NAME}`.
+fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        None => Ok(text.to_owned()),
+        Some(name) => lookup(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            format!("{text:?} names environment variable {name}, which is not set (or empty)")
+        }),
+    }
+}
+
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<NerveConfig, ConfigError> {
     registry::config::load(path)
@@ -676,6 +696,21 @@ services:
     port: 8080
     checks: [{type: tcp}]
 "#;
+
+    #[test]
+    fn a_host_can_come_from_the_environment() {
+        let env = |name: &str| (name == "POD_IP").then(|| "10.1.2.3".to_owned());
+        assert_eq!(expand_env("${POD_IP}", env).as_deref(), Ok("10.1.2.3"));
+        assert_eq!(expand_env("10.0.0.5", env).as_deref(), Ok("10.0.0.5"));
+        let missing = expand_env("${NODE_IP}", env).unwrap_err();
+        assert!(missing.contains("NODE_IP, which is not set"), "{missing}");
+        let e = err(&MINIMAL.replace("host: 10.0.0.5", "host: ${SMARTSTACK_TEST_UNSET_VARIABLE}"));
+        let text = e.to_string();
+        assert!(
+            text.contains("services[0].host") && text.contains("not set"),
+            "{text}"
+        );
+    }
 
     fn ok(text: &str) -> NerveConfig {
         parse(Path::new("/etc/nerve.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
