@@ -20,6 +20,8 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The Kubernetes manifests test installs kubernetes-validate from PyPI into a venv.
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 optional=()
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null 2>&1 || optional+=(docker.io)
 for extra in "$@"; do
