@@ -49,9 +49,9 @@ pub trait Routes: Send + Sync + 'static {
         (StatusCode::NOT_FOUND, json!({ "error": "not found" }))
     }
 
-    /// Whether the program is ready for traffic (`GET /ready`: 200, else 503), with what
-    /// it is waiting for; `None` where the program has no such notion (404).
-    fn readiness(&self) -> Option<(bool, Value)> {
+    /// What the program still waits for before it is ready for traffic (`GET /ready`:
+    /// 200 when nothing, else 503 listing it); `None` where it has no such notion (404).
+    fn waiting_for(&self) -> Option<Vec<String>> {
         None
     }
 
@@ -246,14 +246,21 @@ fn route(method: &Method, path: &str, body: &[u8], routes: &dyn Routes) -> Respo
     let (code, body) = match (method, segments.as_slice()) {
         (&Method::GET, ["health"]) => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, ["status"]) => (StatusCode::OK, routes.status()),
-        (&Method::GET, ["ready"]) if routes.readiness().is_some() => match routes.readiness() {
-            Some((true, detail)) => (StatusCode::OK, detail),
-            Some((false, detail)) => (StatusCode::SERVICE_UNAVAILABLE, detail),
+        (&Method::GET, ["ready"]) => match routes.waiting_for() {
+            Some(waiting) => {
+                let ready = waiting.is_empty();
+                let code = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, json!({ "ready": ready, "waiting_for": waiting }))
+            }
             None => (StatusCode::NOT_FOUND, json!({ "error": "not found" })),
         },
         (m, s) if routes.action_method(s).as_ref() == Some(m) => routes.act(s, body),
         (_, ["health" | "status"]) => wrong_method("GET"),
-        (_, ["ready"]) if routes.readiness().is_some() => wrong_method("GET"),
+        (_, ["ready"]) if routes.waiting_for().is_some() => wrong_method("GET"),
         (_, s) if routes.action_method(s).is_some() => {
             let allowed = routes.action_method(s).unwrap_or(Method::POST);
             wrong_method(allowed.as_str())
@@ -331,8 +338,8 @@ mod tests {
                 _ => (StatusCode::OK, json!({ "on": false })),
             }
         }
-        fn readiness(&self) -> Option<(bool, Value)> {
-            Some((false, json!({ "waiting_for": ["x"] })))
+        fn waiting_for(&self) -> Option<Vec<String>> {
+            Some(vec!["x".to_owned()])
         }
     }
 

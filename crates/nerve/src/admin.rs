@@ -218,12 +218,8 @@ impl Routes for NerveRoutes {
         (StatusCode::OK, answer)
     }
 
-    fn readiness(&self) -> Option<(bool, Value)> {
-        let waiting = self.shared.waiting_for();
-        Some((
-            waiting.is_empty(),
-            json!({ "ready": waiting.is_empty(), "waiting_for": waiting }),
-        ))
+    fn waiting_for(&self) -> Option<Vec<String>> {
+        Some(self.shared.waiting_for())
     }
 
     fn page(&self) -> Option<Page> {

@@ -18,8 +18,11 @@ use tokio::net::TcpListener;
 
 use crate::metrics::{self, Snapshot};
 
-/// Every service's status right now; the admin server's only view of synapse.
+/// Every service's status right now; the admin server's view of synapse.
 pub type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// The services with no backend set yet (`GET /ready`), without building their status.
+pub type WaitingFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// A running admin server; dropping it stops it.
 pub struct Admin(AdminServer);
@@ -28,17 +31,8 @@ impl Admin {
     /// Serves on `listener`, bound at `addr` (a loopback address: the configuration
     /// accepts no other), so this cannot fail.
     /// `per_backend` is `metrics.per_backend`, read at each scrape (a reload changes it).
-    pub fn start(
-        listener: TcpListener,
-        addr: SocketAddr,
-        snapshot: SnapshotFn,
-        per_backend: Arc<AtomicBool>,
-    ) -> Self {
-        let routes = SynapseRoutes {
-            snapshot,
-            per_backend,
-        };
-        Admin(AdminServer::serve_bound(listener, addr, Arc::new(routes)))
+    pub fn start(listener: TcpListener, addr: SocketAddr, views: Views) -> Self {
+        Admin(AdminServer::serve_bound(listener, addr, Arc::new(views)))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -52,12 +46,15 @@ const PAGE: Page = Page {
     script: include_str!("../assets/dashboard.js"),
 };
 
-struct SynapseRoutes {
-    snapshot: SnapshotFn,
-    per_backend: Arc<AtomicBool>,
+/// What the admin server sees of synapse.
+pub struct Views {
+    pub snapshot: SnapshotFn,
+    pub waiting: WaitingFn,
+    /// `metrics.per_backend`, read at each scrape (a reload changes it).
+    pub per_backend: Arc<AtomicBool>,
 }
 
-impl Routes for SynapseRoutes {
+impl Routes for Views {
     fn status(&self) -> Value {
         serde_json::json!({ "services": (self.snapshot)() })
     }
@@ -73,17 +70,8 @@ impl Routes for SynapseRoutes {
 
     /// Ready once every configured service has a backend set (from etcd, the cache file or
     /// `default_servers`).
-    fn readiness(&self) -> Option<(bool, Value)> {
-        let waiting: Vec<String> = (self.snapshot)()
-            .into_iter()
-            .filter(|(_, s)| !s.ready)
-            .map(|(name, _)| name)
-            .collect();
-        let ready = waiting.is_empty();
-        Some((
-            ready,
-            serde_json::json!({ "ready": ready, "waiting_for": waiting }),
-        ))
+    fn waiting_for(&self) -> Option<Vec<String>> {
+        Some((self.waiting)())
     }
 
     fn page(&self) -> Option<Page> {

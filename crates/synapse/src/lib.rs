@@ -143,6 +143,15 @@ pub struct ShutdownReport {
     pub drained: bool,
 }
 
+/// The services with no backend set yet.
+fn waiting_for(services: &BTreeMap<String, Arc<ServiceState>>) -> Vec<String> {
+    services
+        .iter()
+        .filter(|(_, s)| !s.is_ready())
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 fn discovery_options(etcd: &Etcd, config: &SynapseConfig) -> DiscoveryOptions {
     DiscoveryOptions {
         // A quiet watch is probed as often as the connection is; a hung member is then
@@ -339,8 +348,14 @@ impl Synapse {
                 .map(|(n, s)| (n.clone(), s.status()))
                 .collect()
         });
-        let per_backend = self.per_backend_metrics.clone();
-        Admin::start(listener.listener, listener.addr, snapshot, per_backend)
+        let services = self.services.clone();
+        let waiting: admin::WaitingFn = Arc::new(move || waiting_for(&services.load()));
+        let views = admin::Views {
+            snapshot,
+            waiting,
+            per_backend: self.per_backend_metrics.clone(),
+        };
+        Admin::start(listener.listener, listener.addr, views)
     }
 
     /// Puts `admin` in place of the running admin server (`None`: no admin server).
@@ -369,7 +384,7 @@ impl Synapse {
     /// Ready for traffic: every service has a backend set, from etcd, the cache file or
     /// `default_servers` (what `GET /ready` says).
     pub fn is_ready(&self) -> bool {
-        self.services.load().values().all(|s| s.is_ready())
+        waiting_for(&self.services.load()).is_empty()
     }
 
     pub fn status(&self) -> BTreeMap<String, ServiceStatus> {

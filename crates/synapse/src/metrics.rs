@@ -246,22 +246,6 @@ fn per_backend(
     out
 }
 
-/// One real-valued gauge per backend still in the set.
-fn per_backend_float(
-    services: &Snapshot,
-    value: fn(&BackendStatus) -> f64,
-) -> Vec<(Labels, Sample)> {
-    let mut out = Vec::new();
-    for (name, s) in services {
-        for b in s.backends.iter().filter(|b| b.state != "drained") {
-            let mut labels = service(name);
-            labels.push(("backend", b.id.clone()));
-            out.push((labels, Sample::FloatGauge(value(b))));
-        }
-    }
-    out
-}
-
 fn backend_families(services: &Snapshot) -> Vec<Family> {
     let directions = Some(("direction", &["to_backend", "to_client"][..]));
     vec![
@@ -298,7 +282,9 @@ fn backend_families(services: &Snapshot) -> Vec<Family> {
         family(
             "synapse_backend_latency_seconds",
             "Peak-EWMA response time (http mode; 0.03 until measured).",
-            per_backend_float(services, |b| b.latency_ms / 1000.0),
+            per_backend(services, None, |b, _| {
+                Sample::FloatGauge(b.latency_ms / 1000.0)
+            }),
         ),
         family(
             "synapse_backend_effective_weight",
