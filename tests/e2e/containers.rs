@@ -13,7 +13,6 @@
 //! Where Docker cannot run, the test says loudly that it was SKIPPED, and passes.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -41,14 +40,10 @@ fn unix_ms() -> i64 {
 }
 
 fn skipped(why: &str) {
-    // Straight to stderr, not eprintln!: the harness shows a passing test's eprintln! output
-    // only with --nocapture, and a skip must be seen in `make test`'s output.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n************************************************************\n\
-         SKIPPED: the container test did not run.\n{why}\n\
-         Install Debian's docker.io (`make deps` does) and run as root to run it.\n\
-         ************************************************************\n"
+    testkit::skipped(
+        "the container test",
+        why,
+        "Install Debian's docker.io (`make deps` does) and run as root to run it.",
     );
 }
 

@@ -45,11 +45,7 @@ fn etcdctl_as(endpoint: &str, user: &str, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run etcdctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = testkit::process::combined(&out);
     (out.status.success(), text)
 }
 
@@ -221,11 +217,7 @@ async fn the_roles_hold_with_client_certificates() {
             .args(args)
             .output()
             .expect("run etcdctl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = testkit::process::combined(&out);
         (out.status.success(), text)
     };
     let (ok, text) = as_cert("synapse", &["put", "/smartstack/services/web/x", "{}"]);

@@ -4,7 +4,6 @@
 //! /ready; nerve registering the pod IP), and carrying configurations the real binaries
 //! accept.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,12 +63,10 @@ fn the_manifests_are_valid_kubernetes() {
     let validator = match validator() {
         Ok(v) => v,
         Err(why) => {
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "\n************************************************************\n\
-                 SKIPPED: the Kubernetes schema validation did not run.\n{why}\n\
-                 It needs python3 with venv and PyPI (`make deps` installs python3-venv).\n\
-                 ************************************************************\n"
+            testkit::skipped(
+                "the Kubernetes schema validation",
+                &why,
+                "It needs python3 with venv and PyPI (`make deps` installs python3-venv).",
             );
             return;
         }
@@ -82,11 +79,7 @@ fn the_manifests_are_valid_kubernetes() {
             .arg(file)
             .output()
             .expect("run kubernetes-validate");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = testkit::process::combined(&out);
         assert!(out.status.success(), "{}: {said}", file.display());
         println!("{said}");
     }

@@ -19,7 +19,6 @@
 //! was SKIPPED, and passes.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -958,12 +957,10 @@ fn can_run(what: &str) -> bool {
     let Some(why) = testkit::netns::unavailable() else {
         return true;
     };
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n************************************************************\n\
-         SKIPPED: {what} did not run.\n{why}\n\
-         It needs root, iproute2 and iptables (CI runs as root; `make deps` installs the tools).\n\
-         ************************************************************\n"
+    testkit::skipped(
+        what,
+        &why,
+        "It needs root, iproute2 and iptables (CI runs as root; `make deps` installs the tools).",
     );
     false
 }

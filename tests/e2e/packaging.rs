@@ -39,14 +39,7 @@ fn bin_dir() -> PathBuf {
 }
 
 fn skipped(what: &str, why: &str, fix: &str) {
-    // Straight to stderr, not eprintln!: the harness captures that and shows it only for
-    // a failed test, and a skip must be seen in `make test`'s output.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n************************************************************\n\
-         SKIPPED: {what} did not run.\n{why}\n{fix}\n\
-         ************************************************************\n"
-    );
+    testkit::skipped(what, why, fix);
 }
 
 fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {

@@ -29,11 +29,7 @@ fn probe(admin: SocketAddr) -> (bool, String) {
         .arg(admin.to_string())
         .output()
         .expect("run synapse --probe-ready");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = testkit::process::combined(&out);
     (out.status.success(), text)
 }
 

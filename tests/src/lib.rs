@@ -86,3 +86,16 @@ where
     wait_until(what, deadline, condition).await;
     start.elapsed()
 }
+
+/// Says loudly that the test `what` did not run, `why`, and `fix` (how to make it run).
+/// Straight to stderr, not `eprintln!`: the harness shows a passing test's captured output
+/// only with --nocapture, and a skip must be seen in `make test`'s output.
+pub fn skipped(what: &str, why: &str, fix: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n************************************************************\n\
+         SKIPPED: {what} did not run.\n{why}\n{fix}\n\
+         ************************************************************\n"
+    );
+}

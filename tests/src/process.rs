@@ -117,3 +117,12 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A finished command's stdout and stderr, one after the other, as text.
+pub fn combined(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -8,7 +8,6 @@
 
 mod browser;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -134,14 +133,10 @@ async fn the_dashboards_follow_a_backend_dying_in_a_real_browser() {
     let chromium = match Chromium::start().await {
         Ok(c) => c,
         Err(why) => {
-            // Straight to stderr, not eprintln!: the harness captures that and shows it
-            // only for a failed test, and a skip must be seen in `make test`'s output.
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "\n************************************************************\n\
-                 SKIPPED: the dashboard browser test did not run.\n{why}\n\
-                 Install Debian's chromium (`make deps` does) to run it.\n\
-                 ************************************************************\n"
+            testkit::skipped(
+                "the dashboard browser test",
+                &why,
+                "Install Debian's chromium (`make deps` does) to run it.",
             );
             return;
         }
