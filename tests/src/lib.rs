@@ -35,6 +35,7 @@ pub mod process;
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use backend::Backend;
@@ -50,12 +51,26 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, never handed out before by this process.
+///
+/// Asking the kernel for port 0 and closing the socket returned the same port twice in a
+/// row (an etcd cluster got one port for two members), and a port in the ephemeral range
+/// (32768-60999) can become an outgoing connection's source port before the test binds it.
+/// So ports come from below that range, in turn, from a start spread by the process id (test
+/// binaries run one after another).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// Polls `condition` every 20 ms until it returns true; panics with `what` after `deadline`.
